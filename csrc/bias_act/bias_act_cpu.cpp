@@ -1,0 +1,199 @@
+// bias_act on the CPU: at::parallel_for over flat memory, at::vec inside.
+//
+// Memory is [A][C][S] (common/layout.h). A chunk of it is walked as runs that share one bias
+// value (S > 1, e.g. NCHW) or that step through consecutive channels (S == 1, channels_last);
+// each run is processed in blocks of one Vectorized<acc_t>, gathered through a small buffer so
+// that fp16/bf16 and float share one code path.
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "bias_act/bias_act.h"
+
+namespace fastgan {
+namespace bias_act {
+namespace {
+
+constexpr int64_t kGrain = 16384;
+
+// f(m, len, c, bstride): memory [m, m + len) has channels c + i * bstride.
+template <class F>
+inline void for_each_run(const ChannelLayout& l, int64_t begin, int64_t end, F&& f) {
+  int64_t m = begin;
+  if (l.S == 1) {
+    int64_t c = m % l.C;
+    while (m < end) {
+      const int64_t len = std::min(l.C - c, end - m);
+      f(m, len, c, 1);
+      m += len;
+      c = 0;
+    }
+  } else {
+    int64_t s = m % l.S, c = (m / l.S) % l.C;
+    while (m < end) {
+      const int64_t len = std::min(l.S - s, end - m);
+      f(m, len, c, 0);
+      m += len;
+      s = 0;
+      if (++c == l.C) c = 0;
+    }
+  }
+}
+
+template <typename scalar_t, Act A>
+void forward_loop(const at::Tensor& x, const at::Tensor& b, at::Tensor& y, at::Tensor& mask,
+                  const ChannelLayout& l, const Params& p) {
+  using acc = acc_t<scalar_t>;
+  using V = Vec<acc>;
+  constexpr int64_t K = V::size();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  uint8_t* mp = mask.numel() ? mask.mutable_data_ptr<uint8_t>() : nullptr;
+  const acc* bp = b.defined() ? b.const_data_ptr<acc>() : nullptr;
+  const acc alpha = acc(p.alpha), gain = acc(p.gain), clamp = acc(p.clamp);
+  const bool has_clamp = p.clamp >= 0;
+  at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    alignas(64) acc pre[K];
+    alignas(64) acc out[K];
+    for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t bs) {
+      for (int64_t i = 0; i < len; i += K) {
+        const int n = int(std::min<int64_t>(K, len - i));
+        for (int j = 0; j < n; j++) pre[j] = acc(xp[m + i + j]) + (bp ? bp[c + (i + j) * bs] : acc(0));
+        V v = act_f<A>(V::loadu(pre, n), V(alpha)) * V(gain);
+        v.store(out, n);
+        if (mp) {
+          for (int j = 0; j < n; j++) mp[m + i + j] = mask_class<A>(pre[j], out[j], has_clamp ? clamp : acc(-1));
+        }
+        for (int j = 0; j < n; j++) yp[m + i + j] = scalar_t(has_clamp ? clamp_(out[j], clamp) : out[j]);
+      }
+    });
+  });
+}
+
+template <typename scalar_t, Act A, Ref R>
+void backward_loop(const at::Tensor& g, const at::Tensor& ref, const at::Tensor& b, at::Tensor& gx,
+                   at::Tensor& gb, const ChannelLayout& l, const Params& p) {
+  using acc = acc_t<scalar_t>;
+  using V = Vec<acc>;
+  constexpr int64_t K = V::size();
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  const uint8_t* mp = R == Ref::Mask ? ref.const_data_ptr<uint8_t>() : nullptr;
+  const scalar_t* rp = (R == Ref::X || R == Ref::Y) ? ref.const_data_ptr<scalar_t>() : nullptr;
+  const acc* bp = (R == Ref::X && b.defined()) ? b.const_data_ptr<acc>() : nullptr;
+  const V valpha(acc(p.alpha)), vgain(acc(p.gain)), vclamp(acc(p.clamp));
+  const bool has_clamp = p.clamp >= 0, gain_zero = p.gain == 0;
+  // Per-thread partial sums of the bias gradient, in double.
+  const bool want_gb = gb.defined();
+  const int nthreads = at::get_num_threads();
+  std::vector<double> partial(want_gb ? size_t(nthreads) * l.C : 0, 0.0);
+  at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    alignas(64) acc r[K];
+    alignas(64) acc d[K];
+    double* part = want_gb ? partial.data() + size_t(at::get_thread_num()) * l.C : nullptr;
+    for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t bs) {
+      double run_sum = 0;
+      for (int64_t i = 0; i < len; i += K) {
+        const int n = int(std::min<int64_t>(K, len - i));
+        for (int j = 0; j < n; j++) {
+          if constexpr (R == Ref::Mask) r[j] = acc(mp[m + i + j]);
+          else if constexpr (R == Ref::Y) r[j] = acc(rp[m + i + j]);
+          else if constexpr (R == Ref::X) r[j] = acc(rp[m + i + j]) + (bp ? bp[c + (i + j) * bs] : acc(0));
+          else r[j] = acc(0);
+          d[j] = acc(gp[m + i + j]);
+        }
+        V f = grad_factor<A, R>(V::loadu(r, n), valpha, vgain, vclamp, has_clamp, gain_zero);
+        (f * V::loadu(d, n)).store(d, n);
+        for (int j = 0; j < n; j++) gxp[m + i + j] = scalar_t(d[j]);
+        if (part) {
+          if (bs == 0) {
+            for (int j = 0; j < n; j++) run_sum += d[j];
+          } else {
+            for (int j = 0; j < n; j++) part[c + i + j] += d[j];
+          }
+        }
+      }
+      if (part && bs == 0) part[c] += run_sum;
+    });
+  });
+  if (want_gb) {
+    acc* out = gb.mutable_data_ptr<acc>();
+    for (int64_t c = 0; c < l.C; c++) {
+      double s = 0;
+      for (int t = 0; t < nthreads; t++) s += partial[size_t(t) * l.C + c];
+      out[c] = acc(s);
+    }
+  }
+}
+
+struct CpuKernels {
+  static void forward(const at::Tensor& x, const at::Tensor& b, at::Tensor& y, at::Tensor& mask,
+                      const ChannelLayout& l, const Params& p) {
+    FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "bias_act_cpu", [&] {
+      FASTGAN_DISPATCH_ACT(p.act, [&] { forward_loop<scalar_t, kAct>(x, b, y, mask, l, p); });
+    });
+  }
+  static void backward(const at::Tensor& g, const at::Tensor& ref, const at::Tensor& b, at::Tensor& gx,
+                       at::Tensor& gb, const ChannelLayout& l, const Params& p) {
+    FASTGAN_DISPATCH_FLOATING(g.scalar_type(), "bias_act_backward_cpu", [&] {
+      FASTGAN_DISPATCH_ACT(p.act, [&] {
+        switch (p.ref) {
+          case Ref::None: return backward_loop<scalar_t, kAct, Ref::None>(g, ref, b, gx, gb, l, p);
+          case Ref::Mask: return backward_loop<scalar_t, kAct, Ref::Mask>(g, ref, b, gx, gb, l, p);
+          case Ref::Y: return backward_loop<scalar_t, kAct, Ref::Y>(g, ref, b, gx, gb, l, p);
+          default: return backward_loop<scalar_t, kAct, Ref::X>(g, ref, b, gx, gb, l, p);
+        }
+      });
+    });
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> bias_act_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& b,
+                                                int64_t dim, c10::string_view act, double alpha,
+                                                double gain, double clamp) {
+  return forward_impl<CpuKernels>(x, b, dim, std::string(act), alpha, gain, clamp, false);
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad, const at::Tensor& ref,
+                                                         const c10::optional<at::Tensor>& b, int64_t dim,
+                                                         c10::string_view act, double alpha, double gain,
+                                                         double clamp, bool bias_grad) {
+  return backward_impl<CpuKernels>(grad, ref, b, dim, std::string(act), alpha, gain, clamp, bias_grad);
+}
+
+at::Tensor bias_act_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& b, int64_t dim,
+                                c10::string_view act, double alpha, double gain, double clamp) {
+  return inplace_impl<CpuKernels>(x, b, dim, std::string(act), alpha, gain, clamp);
+}
+
+// Autocast: run in x's dtype (a float32 bias parameter is cast to x's dtype, as under autocast a
+// Linear/Conv output arrives in fp16/bf16 while the bias stays fp32).
+std::tuple<at::Tensor, at::Tensor> bias_act_autocast(const at::Tensor& x, const c10::optional<at::Tensor>& b,
+                                                     int64_t dim, c10::string_view act, double alpha,
+                                                     double gain, double clamp) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  c10::optional<at::Tensor> bb = b;
+  if (b.has_value() && at::isFloatingType(x.scalar_type()) && b->scalar_type() != x.scalar_type()) {
+    bb = b->to(x.scalar_type());
+  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::bias_act", "")
+                       .typed<decltype(bias_act_autocast)>();
+  return op.call(x, bb, dim, act, alpha, gain, clamp);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, AutocastCPU, m) { m.impl("bias_act", &bias_act_autocast); }
+TORCH_LIBRARY_IMPL(fastgan, AutocastCUDA, m) { m.impl("bias_act", &bias_act_autocast); }
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("bias_act", &bias_act_cpu);
+  m.impl("bias_act_backward", &bias_act_backward_cpu);
+  m.impl("bias_act_", &bias_act_inplace_cpu);
+}
+
+}  // namespace bias_act
+}  // namespace fastgan

@@ -1,0 +1,70 @@
+// fastgan._C: the schema of every op (TORCH_LIBRARY), the build-facts module (pybind11), and, in a
+// build without CUDA kernels, CUDA kernels that fail with instructions instead of the dispatcher's
+// generic "could not run with arguments from the 'CUDA' backend".
+#include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#ifdef FASTGAN_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+// One entry per op; the no-CUDA stubs below are registered for each.
+static const char* kOps[] = {
+    "bias_act", "bias_act_backward", "bias_act_",
+};
+
+TORCH_LIBRARY(fastgan, m) {
+  // ---- bias_act: y = clamp(act(x + b) * gain, -clamp, clamp); clamp < 0 means none. -------------
+  // Returns (y, mask); mask is uint8 in x's layout for relu/lrelu (and clamped linear), where the
+  // backward needs only the sign/clamp class of each element, else an empty uint8 tensor.
+  m.def("bias_act(Tensor x, Tensor? b, int dim, str act, float alpha, float gain, float clamp)"
+        " -> (Tensor, Tensor)");
+  // ref is the mask (relu/lrelu/clamped linear), y (tanh/sigmoid/elu/selu), x (softplus/swish/
+  // gelu; b then given) or an empty tensor (linear without clamp). Returns (grad_x, grad_b);
+  // grad_b has shape (C,) when bias_grad, else (0,).
+  m.def("bias_act_backward(Tensor grad, Tensor ref, Tensor? b, int dim, str act, float alpha,"
+        " float gain, float clamp, bool bias_grad) -> (Tensor, Tensor)");
+  // In-place forward for relu/lrelu/linear (FusedLeakyReLU(inplace=True)); returns the mask.
+  m.def("bias_act_(Tensor(a!) x, Tensor? b, int dim, str act, float alpha, float gain,"
+        " float clamp) -> Tensor");
+}
+
+#ifndef FASTGAN_WITH_CUDA
+static void no_cuda_kernel(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  TORCH_CHECK(false, "fastgan: ", op.schema().name(),
+              " was called on a CUDA tensor, but this fastgan was built without CUDA kernels. "
+              "Rebuild it with a CUDA build of torch and the CUDA toolkit: "
+              "FASTGAN_CUDA=1 pip install --no-build-isolation --force-reinstall --no-deps . "
+              "(set CUDA_HOME if nvcc is not found); `fastgan info` shows what was built.");
+}
+
+TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
+  for (const char* name : kOps) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
+  }
+}
+#endif
+
+static pybind11::dict build_info() {
+  pybind11::dict d;
+  d["version"] = FASTGAN_VERSION;
+  d["torch"] = TORCH_VERSION;
+#ifdef FASTGAN_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+  d["cuda"] = false;
+  d["cuda_version"] = pybind11::none();
+#endif
+  d["archs"] = FASTGAN_ARCHS;
+  pybind11::list ops;
+  for (const char* name : kOps) ops.append(name);
+  d["ops"] = ops;
+  return d;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastgan's compiled kernels; the ops live in torch.ops.fastgan";
+  m.def("build_info", &build_info, "Facts recorded when this binary was compiled");
+}

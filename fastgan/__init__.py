@@ -1,0 +1,36 @@
+"""fastgan: fused C++/CUDA kernels for GAN training in PyTorch, and a thin trainer.
+
+    import fastgan
+    fastgan.info()                       # what was built, for which torch and GPUs
+    y = fastgan.ops.bias_act(x, b, act="lrelu")
+    act = fastgan.nn.FusedLeakyReLU(0.2)  # drop-in for nn.LeakyReLU
+"""
+import torch
+
+from ._ext import BUILD_INFO, _C  # noqa: F401  (must come first: loads the kernels)
+from . import ops, nn  # noqa: E402
+
+__version__ = BUILD_INFO["version"]
+
+
+def info() -> dict:
+    """Build and runtime facts: versions, CUDA, archs, and which kernels each op has."""
+    facts = _C.build_info()
+    ops_table = {}
+    for name in facts["ops"]:
+        qual = f"fastgan::{name}"
+        ops_table[name] = {
+            "cpu": torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CPU"),
+            "cuda": bool(facts["cuda"]) and torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CUDA"),
+        }
+    return {
+        "fastgan": facts["version"],
+        "torch_built": facts["torch"],
+        "torch_running": torch.__version__,
+        "cuda_compiled": bool(facts["cuda"]),
+        "cuda_version_built": facts["cuda_version"],
+        "archs": [a for a in facts["archs"].split(";") if a],
+        "cuda_available": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "ops": ops_table,
+    }

@@ -1,0 +1,2 @@
+"""Drop-in nn.Modules built on fastgan.ops (same constructor arguments and state_dict as torch.nn)."""
+from .activation import FusedBiasAct, FusedLeakyReLU  # noqa: F401

@@ -1,0 +1,243 @@
+"""Fused bias + activation: y = clamp(act(x + b) * gain, -clamp, clamp), with first and second
+derivatives (R1 / WGAN-GP penalties differentiate through it twice).
+
+Ops (csrc/bias_act): `fastgan::bias_act` returns (y, mask), `fastgan::bias_act_backward` returns
+(grad_x, grad_b) with the bias reduction fused, `fastgan::bias_act_` is the in-place forward.
+
+What the backward keeps (see csrc/bias_act/bias_act.h):
+  relu, lrelu, clamped linear  a uint8 mask (1 byte per element; x and y are not kept)
+  tanh, sigmoid, elu, selu     y
+  softplus, swish, gelu        x (and b)
+  linear                       nothing
+The backward op is itself differentiable: its input-gradient is the same op again (it is linear
+in the incoming gradient) and its ref-gradient is the activation's second derivative, written
+with torch ops below (zero for the piecewise-linear activations).
+"""
+import math
+
+import torch
+
+from ._checks import check_choice, check_tensor
+
+# act -> default alpha (only lrelu and elu use it)
+ACTS = {"linear": 0.0, "relu": 0.0, "lrelu": 0.2, "tanh": 0.0, "sigmoid": 0.0, "elu": 1.0,
+        "selu": 0.0, "softplus": 0.0, "swish": 0.0, "silu": 0.0, "gelu": 0.0}
+_MASK_ACTS = ("relu", "lrelu")
+_Y_ACTS = ("tanh", "sigmoid", "elu", "selu")
+_X_ACTS = ("softplus", "swish", "silu", "gelu")
+_SELU_L, _SELU_A = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
+
+
+def ref_kind(act: str, clamp: float) -> str:
+    """What the backward reads: 'mask', 'y', 'x' or 'none'."""
+    if act in _MASK_ACTS or (act == "linear" and clamp >= 0):
+        return "mask"
+    if act in _Y_ACTS:
+        return "y"
+    if act in _X_ACTS:
+        return "x"
+    return "none"
+
+
+def resolve(fn: str, act, alpha, gain, clamp):
+    """Validate the scalar options and fill in defaults; returns (alpha, gain, clamp) as floats."""
+    check_choice(fn, "act", act, tuple(ACTS))
+    alpha = ACTS[act] if alpha is None else float(alpha)
+    gain = 1.0 if gain is None else float(gain)
+    if not math.isfinite(gain):
+        raise ValueError(f"{fn}: argument 'gain' must be finite, got {gain}")
+    if clamp is None:
+        clamp = -1.0
+    else:
+        clamp = float(clamp)
+        if not clamp >= 0:
+            raise ValueError(f"{fn}: argument 'clamp' must be >= 0 (or None for no clamp), got {clamp}")
+    return alpha, gain, clamp
+
+
+def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=1):
+    """y = clamp(act(x + b broadcast along `dim`) * gain, -clamp, clamp).
+
+    act: linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish (silu), gelu (erf form).
+    alpha: lrelu slope (default 0.2) or elu alpha (default 1.0); ignored by the others.
+    gain: default 1.0. clamp: None for no clamp; where clamped, the gradient is zero.
+    Any dtype of float32/float16/bfloat16/float64, any strides (channels_last is not copied).
+    """
+    fn = "fastgan.ops.bias_act"
+    check_tensor(fn, "x", x)
+    if b is not None:
+        check_tensor(fn, "b", b)
+    alpha, gain, clamp = resolve(fn, act, alpha, gain, clamp)
+    return torch.ops.fastgan.bias_act(x, b, dim, act, alpha, gain, clamp)[0]
+
+
+# ---- fake kernels (shapes, strides and dtypes for torch.compile) ---------------------------
+@torch.library.register_fake("fastgan::bias_act")
+def _bias_act_fake(x, b, dim, act, alpha, gain, clamp):
+    mask = (torch.empty_like(x, dtype=torch.uint8) if ref_kind(act, clamp) == "mask"
+            else x.new_empty((0,), dtype=torch.uint8))
+    return torch.empty_like(x), mask
+
+
+@torch.library.register_fake("fastgan::bias_act_backward")
+def _bias_act_backward_fake(grad, ref, b, dim, act, alpha, gain, clamp, bias_grad):
+    like = grad if ref_kind(act, clamp) == "none" else ref
+    gx = torch.empty_like(like, dtype=grad.dtype)
+    gb = grad.new_empty((grad.shape[dim],) if bias_grad else (0,))
+    return gx, gb
+
+
+@torch.library.register_fake("fastgan::bias_act_")
+def _bias_act_inplace_fake(x, b, dim, act, alpha, gain, clamp):
+    if ref_kind(act, clamp) == "mask":
+        return torch.empty_like(x, dtype=torch.uint8)
+    return x.new_empty((0,), dtype=torch.uint8)
+
+
+# ---- autograd: first order ---------------------------------------------------------------
+def _setup(ctx, inputs, output):
+    x, b, dim, act, alpha, gain, clamp = inputs
+    y, mask = output
+    kind = ref_kind(act, clamp)
+    ctx.params = (dim, act, alpha, gain, clamp)
+    ctx.kind = kind
+    ref = {"mask": mask, "y": y, "x": x, "none": None}[kind]
+    ctx.save_for_backward(ref, b if kind == "x" else None)
+
+
+def _backward(ctx, gy, _gmask):
+    ref, b = ctx.saved_tensors
+    dim, act, alpha, gain, clamp = ctx.params
+    need_b = ctx.needs_input_grad[1]
+    gx, gb = torch.ops.fastgan.bias_act_backward(gy, gy if ref is None else ref, b, dim, act, alpha,
+                                                 gain, clamp, need_b)
+    return gx, (gb if need_b else None), None, None, None, None, None
+
+
+torch.library.register_autograd("fastgan::bias_act", _backward, setup_context=_setup)
+
+
+# ---- autograd of the backward: second order ---------------------------------------------
+def _broadcast_shape(t: torch.Tensor, dim: int):
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    return shape
+
+
+def _reduce_to_channel(t: torch.Tensor, dim: int):
+    dims = [d for d in range(t.dim()) if d != dim % t.dim()]
+    return t.sum(dim=dims) if dims else t
+
+
+def _act_d1(act, r, alpha):
+    """act'(r) for the x-kind activations (r = x + b)."""
+    if act == "softplus":
+        return torch.sigmoid(r)
+    if act in ("swish", "silu"):
+        s = torch.sigmoid(r)
+        return s + r * s * (1 - s)
+    cdf = 0.5 * (1 + torch.erf(r * math.sqrt(0.5)))
+    return cdf + r * torch.exp(-0.5 * r * r) / math.sqrt(2 * math.pi)
+
+
+def _second_factor(kind, act, ref, b, dim, alpha, gain, clamp):
+    """d(grad_factor)/d(ref): what multiplies grad * gg in the ref-gradient of the backward."""
+    if kind == "y":
+        if gain == 0:
+            return torch.zeros_like(ref)
+        z = ref / gain
+        if act == "tanh":
+            f = -2 * z
+        elif act == "sigmoid":
+            f = 1 - 2 * z
+        else:  # elu, selu: act'(z) = z + const below zero
+            f = (z <= 0).to(ref.dtype)
+        if clamp >= 0:
+            f = f * (ref.abs() < clamp)
+        return f
+    r = ref if b is None else ref + b.reshape(_broadcast_shape(ref, dim))
+    if act == "softplus":
+        s = torch.sigmoid(r)
+        f = s * (1 - s)
+    elif act in ("swish", "silu"):
+        s = torch.sigmoid(r)
+        f = s * (1 - s) * (2 + r * (1 - 2 * s))
+    else:  # gelu
+        f = torch.exp(-0.5 * r * r) / math.sqrt(2 * math.pi) * (2 - r * r)
+    f = f * gain
+    if clamp >= 0:
+        from .reference import act_fn
+        f = f * ((act_fn(act, r, alpha) * gain).abs() <= clamp)
+    return f
+
+
+def _bwd_setup(ctx, inputs, output):
+    grad, ref, b, dim, act, alpha, gain, clamp, bias_grad = inputs
+    kind = ref_kind(act, clamp)
+    ctx.params = (dim, act, alpha, gain, clamp, bias_grad)
+    ctx.kind = kind
+    ctx.save_for_backward(grad if kind in ("x", "y") else None, ref if kind != "none" else None,
+                          b if kind == "x" else None)
+
+
+def _bwd_backward(ctx, ggx, ggb):
+    grad, ref, b = ctx.saved_tensors
+    dim, act, alpha, gain, clamp, bias_grad = ctx.params
+    kind = ctx.kind
+    # grad_b = sum of grad_x over all but `dim`, so its gradient flows back broadcast into grad_x's.
+    g = ggx
+    if bias_grad and ggb is not None and ggb.numel():
+        bg = ggb.reshape(_broadcast_shape(ggx, dim))
+        g = bg.expand_as(ggx) if g is None else g + bg
+    if g is None:
+        return (None,) * 9
+    d_grad = d_ref = d_b = None
+    if ctx.needs_input_grad[0]:
+        ref_arg = g if ref is None else ref
+        d_grad = torch.ops.fastgan.bias_act_backward(g, ref_arg, b, dim, act, alpha, gain, clamp,
+                                                     False)[0]
+    if kind in ("x", "y") and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        t = g * grad * _second_factor(kind, act, ref, b, dim, alpha, gain, clamp)
+        d_ref = t if ctx.needs_input_grad[1] else None
+        if kind == "x" and b is not None and ctx.needs_input_grad[2]:
+            d_b = _reduce_to_channel(t, dim)
+    return d_grad, d_ref, d_b, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastgan::bias_act_backward", _bwd_backward, setup_context=_bwd_setup)
+
+
+# ---- in place (FusedLeakyReLU(inplace=True)) ---------------------------------------------
+class _BiasActInplace(torch.autograd.Function):
+    """In-place forward that keeps only the uint8 mask for backward."""
+
+    @staticmethod
+    def forward(ctx, x, b, dim, act, alpha, gain, clamp):
+        mask = torch.ops.fastgan.bias_act_(x, b, dim, act, alpha, gain, clamp)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(mask if mask.numel() else None)
+        ctx.params = (dim, act, alpha, gain, clamp)
+        return x
+
+    @staticmethod
+    def backward(ctx, gy):
+        (mask,) = ctx.saved_tensors
+        dim, act, alpha, gain, clamp = ctx.params
+        need_b = ctx.needs_input_grad[1]
+        gx, gb = torch.ops.fastgan.bias_act_backward(gy, gy if mask is None else mask, None, dim, act,
+                                                     alpha, gain, clamp, need_b)
+        return gx, (gb if need_b else None), None, None, None, None, None
+
+
+def bias_act_(x, b=None, *, act="lrelu", alpha=None, gain=None, clamp=None, dim=1):
+    """In-place bias_act for linear, relu and lrelu; returns x. The backward keeps a 1-byte mask."""
+    fn = "fastgan.ops.bias_act_"
+    check_tensor(fn, "x", x)
+    if b is not None:
+        check_tensor(fn, "b", b)
+    check_choice(fn, "act", act, ("linear", "relu", "lrelu"))
+    alpha, gain, clamp = resolve(fn, act, alpha, gain, clamp)
+    if torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad)):
+        return _BiasActInplace.apply(x, b, dim, act, alpha, gain, clamp)
+    torch.ops.fastgan.bias_act_(x, b, dim, act, alpha, gain, clamp)
+    return x

@@ -1,0 +1,114 @@
+"""Pure-PyTorch twins of every fastgan op, with the same signatures: the oracle of the tests.
+
+They are written for clarity, not speed, from plain differentiable torch functions.
+"""
+import torch
+import torch.nn.functional as F
+
+from .bias_act import ACTS
+
+
+def act_fn(act: str, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    if act == "linear":
+        return x
+    if act == "relu":
+        return F.relu(x)
+    if act == "lrelu":
+        return F.leaky_relu(x, alpha)
+    if act == "tanh":
+        return torch.tanh(x)
+    if act == "sigmoid":
+        return torch.sigmoid(x)
+    if act == "elu":
+        return F.elu(x, alpha)
+    if act == "selu":
+        return F.selu(x)
+    if act == "softplus":
+        return F.softplus(x, threshold=1e9)  # exact log(1 + e^x), no linear cut-off
+    if act in ("swish", "silu"):
+        return F.silu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    raise ValueError(f"unknown act {act!r}")
+
+
+def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=1):
+    """Reference for fastgan.ops.bias_act."""
+    alpha = ACTS[act] if alpha is None else alpha
+    gain = 1.0 if gain is None else gain
+    if b is not None:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        x = x + b.reshape(shape)
+    y = act_fn(act, x, alpha)
+    if gain != 1:
+        y = y * gain
+    if clamp is not None:
+        y = y.clamp(-clamp, clamp)
+    return y
+
+
+# ---- GAN losses and penalties ----------------------------------------------------------------
+LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
+
+
+def _reduce(t: torch.Tensor, reduction: str) -> torch.Tensor:
+    return t.mean() if reduction == "mean" else t.sum()
+
+
+def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=1.0, fake_label=0.0,
+           return_stats=False):
+    """Reference for fastgan.ops.d_loss: reduce(real terms) + reduce(fake terms)."""
+    r, f = real_logits, fake_logits
+    if kind in ("ns", "minimax"):
+        lr = F.binary_cross_entropy_with_logits(r, torch.full_like(r, real_label), reduction="none")
+        lf = F.binary_cross_entropy_with_logits(f, torch.full_like(f, fake_label), reduction="none")
+    elif kind == "hinge":
+        lr, lf = F.relu(1 - r), F.relu(1 + f)
+    elif kind == "wgan":
+        lr, lf = -r, f
+    elif kind == "lsgan":
+        lr, lf = 0.5 * (r - 1) ** 2, 0.5 * f ** 2
+    elif kind == "rals":
+        lr, lf = F.softplus(-(r - f.mean())), F.softplus(f - r.mean())
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    loss = _reduce(lr, reduction) + _reduce(lf, reduction)
+    if return_stats:
+        return loss, {"d_real": torch.sigmoid(r).mean(), "d_fake": torch.sigmoid(f).mean()}
+    return loss
+
+
+def g_loss(fake_logits, kind="ns", *, real_logits=None, reduction="mean"):
+    """Reference for fastgan.ops.g_loss."""
+    f = fake_logits
+    if kind == "ns":
+        return _reduce(F.softplus(-f), reduction)
+    if kind == "minimax":
+        return _reduce(-F.softplus(f), reduction)
+    if kind in ("hinge", "wgan"):
+        return _reduce(-f, reduction)
+    if kind == "lsgan":
+        return _reduce(0.5 * (f - 1) ** 2, reduction)
+    if kind == "rals":
+        r = real_logits
+        return _reduce(F.softplus(-(f - r.mean())), reduction) + _reduce(F.softplus(r - f.mean()), reduction)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def r1_penalty(real_logits, real_inputs, gamma=1.0):
+    """Reference for fastgan.ops.r1_penalty: gamma/2 * mean_i ||d D(x_i) / d x_i||^2."""
+    (g,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
+    return gamma / 2 * g.pow(2).flatten(1).sum(1).mean()
+
+
+def gradient_penalty(discriminator, real, fake, weight=10.0, *, eps=None, center=1.0):
+    """Reference for fastgan.ops.gradient_penalty (WGAN-GP): weight * mean_i (||grad D(x_hat_i)|| - center)^2."""
+    n = real.shape[0]
+    if eps is None:
+        eps = torch.rand(n, device=real.device, dtype=real.dtype)
+    eps = eps.reshape([n] + [1] * (real.dim() - 1))
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = discriminator(x_hat)
+    (g,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return weight * ((g.flatten(1).norm(dim=1) - center) ** 2).mean()

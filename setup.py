@@ -1,0 +1,143 @@
+"""Build fastgan's C++/CUDA extension `fastgan._C` against the torch that is installed.
+
+Environment variables (all optional):
+  FASTGAN_CUDA=1/0        force the CUDA kernels on / off. Default: on when the installed torch is a
+                          CUDA build and nvcc is found. Never decided by torch.cuda.is_available(),
+                          which is False on build machines without a GPU.
+  CUDA_HOME               the CUDA toolkit folder. Default: found from the nvcc on PATH, following
+                          symlinks and wrapper scripts (torch's own guess takes the parent of the
+                          nvcc on PATH, which is wrong when that is a link outside the toolkit).
+  TORCH_CUDA_ARCH_LIST    CUDA archs, e.g. "8.0;9.0". Default: the visible GPU's, else "8.0;9.0+PTX".
+  MAX_JOBS                parallel compile jobs (ninja).
+  FASTGAN_DEBUG=1         -O0 -g (and -G -lineinfo for nvcc) instead of -O3.
+
+Install with `pip install --no-build-isolation .` (or `-e .`): the extension must be compiled
+against the very torch it will run with, and an isolated build would fetch another one.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+def _fail(msg):
+    sys.stderr.write("\nfastgan setup: " + msg + "\n\n")
+    sys.exit(1)
+
+
+def find_cuda_home():
+    """CUDA_HOME / CUDA_PATH, else the toolkit that owns the nvcc on PATH (links and wrappers resolved)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+        return home
+    # nvcc on PATH may be a wrapper script: nvcc itself reports where it runs from.
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+        for line in (out.stdout + out.stderr).splitlines():
+            m = re.match(r"#\$ _HERE_=(.*)$", line.strip())
+            if m:
+                return os.path.dirname(os.path.realpath(m.group(1)))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+try:
+    import torch
+except ImportError:
+    _fail("torch is not importable. fastgan compiles against your installed torch: install torch "
+          "first, then `pip install --no-build-isolation .` (build isolation would hide your torch).")
+
+want = os.environ.get("FASTGAN_CUDA", "").strip()
+if want not in ("", "0", "1"):
+    _fail(f"FASTGAN_CUDA must be 0 or 1, got {want!r}")
+cuda_home = find_cuda_home()
+if cuda_home:
+    # cpp_extension reads CUDA_HOME once, when it is imported: set it before that.
+    os.environ["CUDA_HOME"] = cuda_home
+if want == "1":
+    WITH_CUDA = True
+elif want == "0":
+    WITH_CUDA = False
+else:
+    WITH_CUDA = torch.version.cuda is not None and cuda_home is not None and \
+        os.path.isfile(os.path.join(cuda_home, "bin", "nvcc"))
+if WITH_CUDA:
+    if torch.version.cuda is None:
+        _fail("FASTGAN_CUDA=1 but the installed torch is a CPU build; install a CUDA build of torch.")
+    if cuda_home is None:
+        _fail("FASTGAN_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME or put nvcc on PATH.")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        if torch.cuda.is_available():
+            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+ARCHS = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else ""
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+DEBUG = os.environ.get("FASTGAN_DEBUG", "0") == "1"
+TORCH_MM = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+os.chdir(ROOT)  # setuptools wants source paths relative to the project folder
+sources = ["csrc/fastgan.cpp"] + sorted(glob.glob("csrc/*/*_cpu.cpp"))
+if WITH_CUDA:
+    sources += sorted(glob.glob("csrc/*/*_cuda.cu"))
+
+defines = [f'-DFASTGAN_ARCHS="{ARCHS}"', f'-DFASTGAN_VERSION="{VERSION}"']
+if WITH_CUDA:
+    defines.append("-DFASTGAN_WITH_CUDA")
+cxx = (["-O0", "-g"] if DEBUG else ["-O3"]) + defines
+extra = {"cxx": cxx}
+if WITH_CUDA:
+    nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + defines + [
+        "--expt-relaxed-constexpr", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
+    if os.environ.get("NVCC_THREADS"):
+        nvcc_flags.append(f"--threads={os.environ['NVCC_THREADS']}")
+    extra["nvcc"] = nvcc_flags
+
+Ext = CUDAExtension if WITH_CUDA else CppExtension
+ext = Ext("fastgan._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], extra_compile_args=extra)
+
+# Build facts read by `import fastgan` *before* loading the binary (a mismatched torch would fail
+# to load it with an unreadable undefined-symbol error).
+build_info = {
+    "version": VERSION,
+    "torch": torch.__version__,
+    "torch_major_minor": TORCH_MM,
+    "cuda": WITH_CUDA,
+    "cuda_version": torch.version.cuda if WITH_CUDA else None,
+    "cuda_home": cuda_home if WITH_CUDA else None,
+    "archs": ARCHS,
+    "debug": DEBUG,
+}
+with open(os.path.join(ROOT, "fastgan", "_build_info.json"), "w") as f:
+    json.dump(build_info, f, indent=2)
+
+setup(
+    name="fastgan",
+    version=VERSION,
+    packages=find_packages(include=["fastgan", "fastgan.*"]),
+    package_data={"fastgan": ["_build_info.json"]},
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=[f"torch=={TORCH_MM}.*", "numpy", "tqdm", "matplotlib", "pillow", "scikit-learn"],
+    zip_safe=False,
+)
