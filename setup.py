@@ -10,6 +10,10 @@ Environment variables (all optional):
   TORCH_CUDA_ARCH_LIST    CUDA archs, e.g. "8.0;9.0". Default: the visible GPU's, else "8.0;9.0+PTX".
   MAX_JOBS                parallel compile jobs (ninja).
   FASTGAN_DEBUG=1         -O0 -g (and -G -lineinfo for nvcc) instead of -O3.
+  FASTGAN_CPU_ARCH        x86-64 only: "avx2" (default; AVX2 + FMA, every x86-64 CPU since 2013-15)
+                          or "generic" (no AVX2, slower CPU kernels). The CPU kernels use
+                          at::vec, whose fast versions exist only when AVX2 is enabled at compile
+                          time; an AVX2 build refuses to import on a CPU without it.
 
 Install with `pip install --no-build-isolation .` (or `-e .`): the extension must be compiled
 against the very torch it will run with, and an isolated build would fetch another one.
@@ -17,6 +21,7 @@ against the very torch it will run with, and an isolated build would fetch anoth
 import glob
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -101,9 +106,16 @@ if WITH_CUDA:
     sources += sorted(glob.glob("csrc/*/*_cuda.cu"))
 
 defines = [f'-DFASTGAN_ARCHS="{ARCHS}"', f'-DFASTGAN_VERSION="{VERSION}"']
+CPU_ARCH = "generic"
+if platform.machine() in ("x86_64", "AMD64"):
+    CPU_ARCH = os.environ.get("FASTGAN_CPU_ARCH", "avx2")
+    if CPU_ARCH not in ("avx2", "generic"):
+        _fail(f"FASTGAN_CPU_ARCH must be avx2 or generic, got {CPU_ARCH!r}")
+cpu_flags = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"] \
+    if CPU_ARCH == "avx2" else []
 if WITH_CUDA:
     defines.append("-DFASTGAN_WITH_CUDA")
-cxx = (["-O0", "-g"] if DEBUG else ["-O3"]) + defines
+cxx = (["-O0", "-g"] if DEBUG else ["-O3"]) + defines + cpu_flags
 extra = {"cxx": cxx}
 if WITH_CUDA:
     nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + defines + [
@@ -127,6 +139,7 @@ build_info = {
     "cuda_home": cuda_home if WITH_CUDA else None,
     "archs": ARCHS,
     "debug": DEBUG,
+    "cpu_arch": CPU_ARCH,
 }
 with open(os.path.join(ROOT, "fastgan", "_build_info.json"), "w") as f:
     json.dump(build_info, f, indent=2)

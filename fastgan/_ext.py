@@ -36,8 +36,20 @@ def read_build_info() -> dict:
             "`pip install --no-build-isolation -e .` in the fastgan source folder.") from None
 
 
+def check_cpu(cpu_arch: str, cpuinfo_path: str = "/proc/cpuinfo") -> None:
+    """Raise ImportError if the binary needs AVX2/FMA and this CPU lacks them."""
+    if cpu_arch != "avx2" or not os.path.exists(cpuinfo_path):
+        return
+    with open(cpuinfo_path) as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    if flags is not None and not {"avx2", "fma"} <= set(flags):
+        raise ImportError("fastgan was built for CPUs with AVX2 and FMA, which this CPU lacks; rebuild "
+                          f"with `FASTGAN_CPU_ARCH=generic {REBUILD}`.")
+
+
 BUILD_INFO = read_build_info()
 check_torch_version(BUILD_INFO["torch"], torch.__version__)
+check_cpu(BUILD_INFO.get("cpu_arch", "generic"))
 try:
     from fastgan import _C  # noqa: E402,F401  (registers torch.ops.fastgan.*)
 except ImportError as e:

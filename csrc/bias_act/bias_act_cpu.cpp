@@ -42,31 +42,52 @@ inline void for_each_run(const ChannelLayout& l, int64_t begin, int64_t end, F&&
   }
 }
 
+// Mask classes (0, 1, 2 as floats) of a vector: see mask_class in bias_act.h.
+template <Act A, class V>
+inline V mask_classes(const V& pre, const V& out, const V& vclamp, bool has_clamp) {
+  V cls = A == Act::Linear ? V(1) : sel(pre > V(0), V(1), V(2));
+  return has_clamp ? sel(out.abs() > vclamp, V(0), cls) : cls;
+}
+
 template <typename scalar_t, Act A>
 void forward_loop(const at::Tensor& x, const at::Tensor& b, at::Tensor& y, at::Tensor& mask,
                   const ChannelLayout& l, const Params& p) {
   using acc = acc_t<scalar_t>;
   using V = Vec<acc>;
   constexpr int64_t K = V::size();
+  constexpr bool kDirect = std::is_same_v<acc, scalar_t>;  // float/double: load and store directly
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   uint8_t* mp = mask.numel() ? mask.mutable_data_ptr<uint8_t>() : nullptr;
   const acc* bp = b.defined() ? b.const_data_ptr<acc>() : nullptr;
-  const acc alpha = acc(p.alpha), gain = acc(p.gain), clamp = acc(p.clamp);
+  const V valpha(acc(p.alpha)), vgain(acc(p.gain)), vclamp(acc(p.clamp));
   const bool has_clamp = p.clamp >= 0;
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    alignas(64) acc pre[K];
-    alignas(64) acc out[K];
+    alignas(64) acc buf[K];
     for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t bs) {
+      const V vb_const(bp && bs == 0 ? bp[c] : acc(0));
       for (int64_t i = 0; i < len; i += K) {
         const int n = int(std::min<int64_t>(K, len - i));
-        for (int j = 0; j < n; j++) pre[j] = acc(xp[m + i + j]) + (bp ? bp[c + (i + j) * bs] : acc(0));
-        V v = act_f<A>(V::loadu(pre, n), V(alpha)) * V(gain);
-        v.store(out, n);
-        if (mp) {
-          for (int j = 0; j < n; j++) mp[m + i + j] = mask_class<A>(pre[j], out[j], has_clamp ? clamp : acc(-1));
+        V pre;
+        if (kDirect && n == K) {
+          pre = V::loadu(xp + m + i);
+        } else {
+          for (int j = 0; j < n; j++) buf[j] = acc(xp[m + i + j]);
+          pre = V::loadu(buf, n);
         }
-        for (int j = 0; j < n; j++) yp[m + i + j] = scalar_t(has_clamp ? clamp_(out[j], clamp) : out[j]);
+        pre = pre + (bp && bs ? V::loadu(bp + c + i, n) : vb_const);
+        V out = act_f<A>(pre, valpha) * vgain;
+        if (mp) {
+          mask_classes<A>(pre, out, vclamp, has_clamp).store(buf, n);
+          for (int j = 0; j < n; j++) mp[m + i + j] = uint8_t(buf[j]);
+        }
+        if (has_clamp) out = clamp_(out, vclamp);
+        if (kDirect && n == K) {
+          out.store(yp + m + i);
+        } else {
+          out.store(buf, n);
+          for (int j = 0; j < n; j++) yp[m + i + j] = scalar_t(buf[j]);
+        }
       }
     });
   });
@@ -78,6 +99,7 @@ void backward_loop(const at::Tensor& g, const at::Tensor& ref, const at::Tensor&
   using acc = acc_t<scalar_t>;
   using V = Vec<acc>;
   constexpr int64_t K = V::size();
+  constexpr bool kDirect = std::is_same_v<acc, scalar_t>;
   const scalar_t* gp = g.const_data_ptr<scalar_t>();
   scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
   const uint8_t* mp = R == Ref::Mask ? ref.const_data_ptr<uint8_t>() : nullptr;
@@ -89,33 +111,51 @@ void backward_loop(const at::Tensor& g, const at::Tensor& ref, const at::Tensor&
   const bool want_gb = gb.defined();
   const int nthreads = at::get_num_threads();
   std::vector<double> partial(want_gb ? size_t(nthreads) * l.C : 0, 0.0);
+  auto load = [&](const scalar_t* ptr, int n, acc* buf) {
+    if (kDirect && n == K) return V::loadu(ptr);
+    for (int j = 0; j < n; j++) buf[j] = acc(ptr[j]);
+    return V::loadu(buf, n);
+  };
   at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    alignas(64) acc r[K];
-    alignas(64) acc d[K];
+    alignas(64) acc buf[K];
     double* part = want_gb ? partial.data() + size_t(at::get_thread_num()) * l.C : nullptr;
     for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t bs) {
-      double run_sum = 0;
+      V run_sum(0);
+      const V vb_const(bp && bs == 0 ? bp[c] : acc(0));
       for (int64_t i = 0; i < len; i += K) {
         const int n = int(std::min<int64_t>(K, len - i));
-        for (int j = 0; j < n; j++) {
-          if constexpr (R == Ref::Mask) r[j] = acc(mp[m + i + j]);
-          else if constexpr (R == Ref::Y) r[j] = acc(rp[m + i + j]);
-          else if constexpr (R == Ref::X) r[j] = acc(rp[m + i + j]) + (bp ? bp[c + (i + j) * bs] : acc(0));
-          else r[j] = acc(0);
-          d[j] = acc(gp[m + i + j]);
+        V r(0);
+        if constexpr (R == Ref::Mask) {
+          for (int j = 0; j < n; j++) buf[j] = acc(mp[m + i + j]);
+          r = V::loadu(buf, n);
+        } else if constexpr (R == Ref::Y) {
+          r = load(rp + m + i, n, buf);
+        } else if constexpr (R == Ref::X) {
+          r = load(rp + m + i, n, buf) + (bp && bs ? V::loadu(bp + c + i, n) : vb_const);
         }
-        V f = grad_factor<A, R>(V::loadu(r, n), valpha, vgain, vclamp, has_clamp, gain_zero);
-        (f * V::loadu(d, n)).store(d, n);
-        for (int j = 0; j < n; j++) gxp[m + i + j] = scalar_t(d[j]);
+        V d = grad_factor<A, R>(r, valpha, vgain, vclamp, has_clamp, gain_zero) * load(gp + m + i, n, buf);
+        if (kDirect && n == K) {
+          d.store(gxp + m + i);
+        } else {
+          d.store(buf, n);
+          for (int j = 0; j < n; j++) gxp[m + i + j] = scalar_t(buf[j]);
+        }
         if (part) {
+          if (n < K) d = V::set(V(0), d, n);  // zero the lanes past the end
           if (bs == 0) {
-            for (int j = 0; j < n; j++) run_sum += d[j];
+            run_sum = run_sum + d;
           } else {
-            for (int j = 0; j < n; j++) part[c + i + j] += d[j];
+            d.store(buf);
+            for (int j = 0; j < n; j++) part[c + i + j] += buf[j];
           }
         }
       }
-      if (part && bs == 0) part[c] += run_sum;
+      if (part && bs == 0) {
+        run_sum.store(buf);
+        double t = 0;
+        for (int j = 0; j < K; j++) t += buf[j];
+        part[c] += t;
+      }
     });
   });
   if (want_gb) {
