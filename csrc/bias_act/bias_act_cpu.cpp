@@ -42,6 +42,34 @@ inline void for_each_run(const ChannelLayout& l, int64_t begin, int64_t end, F&&
   }
 }
 
+// Mask bytes <-> class vectors (the classes are 0, 1, 2 held as floats).
+template <class acc>
+inline void store_mask(const Vec<acc>& cls, uint8_t* dst) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc, float>) {
+    __m256i i32 = _mm256_cvttps_epi32(cls);
+    __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(i16, i16));
+    return;
+  }
+#endif
+  alignas(64) acc buf[Vec<acc>::size()];
+  cls.store(buf);
+  for (int j = 0; j < Vec<acc>::size(); j++) dst[j] = uint8_t(buf[j]);
+}
+
+template <class acc>
+inline Vec<acc> load_mask(const uint8_t* src) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc, float>) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src))));
+  }
+#endif
+  alignas(64) acc buf[Vec<acc>::size()];
+  for (int j = 0; j < Vec<acc>::size(); j++) buf[j] = acc(src[j]);
+  return Vec<acc>::loadu(buf);
+}
+
 // Mask classes (0, 1, 2 as floats) of a vector: see mask_class in bias_act.h.
 template <Act A, class V>
 inline V mask_classes(const V& pre, const V& out, const V& vclamp, bool has_clamp) {
@@ -49,113 +77,138 @@ inline V mask_classes(const V& pre, const V& out, const V& vclamp, bool has_clam
   return has_clamp ? sel(out.abs() > vclamp, V(0), cls) : cls;
 }
 
-template <typename scalar_t, Act A>
-void forward_loop(const at::Tensor& x, const at::Tensor& b, at::Tensor& y, at::Tensor& mask,
-                  const ChannelLayout& l, const Params& p) {
+// One run of forward: len elements, bias either one value (bvec == nullptr) or bvec[i].
+// Written as a plain function over local values so that the compiler keeps them in registers.
+template <Act A, typename scalar_t>
+void forward_run(const scalar_t* x, scalar_t* y, uint8_t* mask, const acc_t<scalar_t>* bvec,
+                 acc_t<scalar_t> bconst, int64_t len, acc_t<scalar_t> alpha, acc_t<scalar_t> gain,
+                 acc_t<scalar_t> clamp) {
   using acc = acc_t<scalar_t>;
   using V = Vec<acc>;
   constexpr int64_t K = V::size();
   constexpr bool kDirect = std::is_same_v<acc, scalar_t>;  // float/double: load and store directly
+  const V valpha(alpha), vgain(gain), vclamp(clamp), vb(bconst);
+  const bool has_clamp = clamp >= 0;
+  alignas(64) acc buf[K];
+  int64_t i = 0;
+  if constexpr (kDirect) {
+    for (; i + K <= len; i += K) {
+      V pre = V::loadu(x + i) + (bvec ? V::loadu(bvec + i) : vb);
+      V out = act_f<A>(pre, valpha) * vgain;
+      if (mask) store_mask<acc>(mask_classes<A>(pre, out, vclamp, has_clamp), mask + i);
+      (has_clamp ? clamp_(out, vclamp) : out).store(y + i);
+    }
+  }
+  for (; i < len; i += K) {
+    const int n = int(std::min<int64_t>(K, len - i));
+    for (int j = 0; j < n; j++) buf[j] = acc(x[i + j]);
+    V pre = V::loadu(buf, n) + (bvec ? V::loadu(bvec + i, n) : vb);
+    V out = act_f<A>(pre, valpha) * vgain;
+    if (mask) {
+      mask_classes<A>(pre, out, vclamp, has_clamp).store(buf, n);
+      for (int j = 0; j < n; j++) mask[i + j] = uint8_t(buf[j]);
+    }
+    (has_clamp ? clamp_(out, vclamp) : out).store(buf, n);
+    for (int j = 0; j < n; j++) y[i + j] = scalar_t(buf[j]);
+  }
+}
+
+template <typename scalar_t, Act A>
+void forward_loop(const at::Tensor& x, const at::Tensor& b, at::Tensor& y, at::Tensor& mask,
+                  const ChannelLayout& l, const Params& p) {
+  using acc = acc_t<scalar_t>;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   uint8_t* mp = mask.numel() ? mask.mutable_data_ptr<uint8_t>() : nullptr;
   const acc* bp = b.defined() ? b.const_data_ptr<acc>() : nullptr;
-  const V valpha(acc(p.alpha)), vgain(acc(p.gain)), vclamp(acc(p.clamp));
-  const bool has_clamp = p.clamp >= 0;
+  const acc alpha = acc(p.alpha), gain = acc(p.gain), clamp = acc(p.clamp);
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    alignas(64) acc buf[K];
     for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t bs) {
-      const V vb_const(bp && bs == 0 ? bp[c] : acc(0));
-      for (int64_t i = 0; i < len; i += K) {
-        const int n = int(std::min<int64_t>(K, len - i));
-        V pre;
-        if (kDirect && n == K) {
-          pre = V::loadu(xp + m + i);
-        } else {
-          for (int j = 0; j < n; j++) buf[j] = acc(xp[m + i + j]);
-          pre = V::loadu(buf, n);
-        }
-        pre = pre + (bp && bs ? V::loadu(bp + c + i, n) : vb_const);
-        V out = act_f<A>(pre, valpha) * vgain;
-        if (mp) {
-          mask_classes<A>(pre, out, vclamp, has_clamp).store(buf, n);
-          for (int j = 0; j < n; j++) mp[m + i + j] = uint8_t(buf[j]);
-        }
-        if (has_clamp) out = clamp_(out, vclamp);
-        if (kDirect && n == K) {
-          out.store(yp + m + i);
-        } else {
-          out.store(buf, n);
-          for (int j = 0; j < n; j++) yp[m + i + j] = scalar_t(buf[j]);
-        }
-      }
+      forward_run<A, scalar_t>(xp + m, yp + m, mp ? mp + m : nullptr, bp && bs ? bp + c : nullptr,
+                               bp && !bs ? bp[c] : acc(0), len, alpha, gain, clamp);
     });
   });
+}
+
+// One run of backward: gx = g * factor(ref). Returns the sum of gx when part == nullptr and
+// bias sums are wanted (constant-channel run); with part, adds gx[i] to part[i] (channel run).
+template <Act A, Ref R, typename scalar_t>
+double backward_run(const scalar_t* g, const void* ref, scalar_t* gx, const acc_t<scalar_t>* bvec,
+                    acc_t<scalar_t> bconst, int64_t len, acc_t<scalar_t> alpha, acc_t<scalar_t> gain,
+                    acc_t<scalar_t> clamp, bool want_sum, double* part) {
+  using acc = acc_t<scalar_t>;
+  using V = Vec<acc>;
+  constexpr int64_t K = V::size();
+  constexpr bool kDirect = std::is_same_v<acc, scalar_t>;
+  const V valpha(alpha), vgain(gain), vclamp(clamp), vb(bconst);
+  const bool has_clamp = clamp >= 0, gain_zero = gain == 0;
+  const uint8_t* mref = static_cast<const uint8_t*>(ref);
+  const scalar_t* tref = static_cast<const scalar_t*>(ref);
+  alignas(64) acc buf[K];
+  V sum(0);
+  auto load = [&](const scalar_t* ptr, int n) {
+    if (kDirect && n == K) return V::loadu(ptr);
+    for (int j = 0; j < n; j++) buf[j] = acc(ptr[j]);
+    return V::loadu(buf, n);
+  };
+  for (int64_t i = 0; i < len; i += K) {
+    const int n = int(std::min<int64_t>(K, len - i));
+    V r(0);
+    if constexpr (R == Ref::Mask) {
+      if (n == K) {
+        r = load_mask<acc>(mref + i);
+      } else {
+        for (int j = 0; j < n; j++) buf[j] = acc(mref[i + j]);
+        r = V::loadu(buf, n);
+      }
+    } else if constexpr (R == Ref::Y) {
+      r = load(tref + i, n);
+    } else if constexpr (R == Ref::X) {
+      r = load(tref + i, n) + (bvec ? V::loadu(bvec + i, n) : vb);
+    }
+    V d = grad_factor<A, R>(r, valpha, vgain, vclamp, has_clamp, gain_zero) * load(g + i, n);
+    if (kDirect && n == K) {
+      d.store(gx + i);
+    } else {
+      d.store(buf, n);
+      for (int j = 0; j < n; j++) gx[i + j] = scalar_t(buf[j]);
+      d = V::set(V(0), d, n);  // zero the lanes past the end
+    }
+    if (part) {
+      d.store(buf);
+      for (int j = 0; j < n; j++) part[i + j] += buf[j];
+    } else if (want_sum) {
+      sum = sum + d;
+    }
+  }
+  if (!want_sum || part) return 0;
+  sum.store(buf);
+  double t = 0;
+  for (int j = 0; j < K; j++) t += buf[j];
+  return t;
 }
 
 template <typename scalar_t, Act A, Ref R>
 void backward_loop(const at::Tensor& g, const at::Tensor& ref, const at::Tensor& b, at::Tensor& gx,
                    at::Tensor& gb, const ChannelLayout& l, const Params& p) {
   using acc = acc_t<scalar_t>;
-  using V = Vec<acc>;
-  constexpr int64_t K = V::size();
-  constexpr bool kDirect = std::is_same_v<acc, scalar_t>;
   const scalar_t* gp = g.const_data_ptr<scalar_t>();
   scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-  const uint8_t* mp = R == Ref::Mask ? ref.const_data_ptr<uint8_t>() : nullptr;
-  const scalar_t* rp = (R == Ref::X || R == Ref::Y) ? ref.const_data_ptr<scalar_t>() : nullptr;
+  const int64_t esize = R == Ref::Mask ? 1 : int64_t(sizeof(scalar_t));
+  const char* rp = R == Ref::None ? nullptr : static_cast<const char*>(ref.const_data_ptr());
   const acc* bp = (R == Ref::X && b.defined()) ? b.const_data_ptr<acc>() : nullptr;
-  const V valpha(acc(p.alpha)), vgain(acc(p.gain)), vclamp(acc(p.clamp));
-  const bool has_clamp = p.clamp >= 0, gain_zero = p.gain == 0;
+  const acc alpha = acc(p.alpha), gain = acc(p.gain), clamp = acc(p.clamp);
   // Per-thread partial sums of the bias gradient, in double.
   const bool want_gb = gb.defined();
   const int nthreads = at::get_num_threads();
   std::vector<double> partial(want_gb ? size_t(nthreads) * l.C : 0, 0.0);
-  auto load = [&](const scalar_t* ptr, int n, acc* buf) {
-    if (kDirect && n == K) return V::loadu(ptr);
-    for (int j = 0; j < n; j++) buf[j] = acc(ptr[j]);
-    return V::loadu(buf, n);
-  };
   at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    alignas(64) acc buf[K];
     double* part = want_gb ? partial.data() + size_t(at::get_thread_num()) * l.C : nullptr;
     for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t bs) {
-      V run_sum(0);
-      const V vb_const(bp && bs == 0 ? bp[c] : acc(0));
-      for (int64_t i = 0; i < len; i += K) {
-        const int n = int(std::min<int64_t>(K, len - i));
-        V r(0);
-        if constexpr (R == Ref::Mask) {
-          for (int j = 0; j < n; j++) buf[j] = acc(mp[m + i + j]);
-          r = V::loadu(buf, n);
-        } else if constexpr (R == Ref::Y) {
-          r = load(rp + m + i, n, buf);
-        } else if constexpr (R == Ref::X) {
-          r = load(rp + m + i, n, buf) + (bp && bs ? V::loadu(bp + c + i, n) : vb_const);
-        }
-        V d = grad_factor<A, R>(r, valpha, vgain, vclamp, has_clamp, gain_zero) * load(gp + m + i, n, buf);
-        if (kDirect && n == K) {
-          d.store(gxp + m + i);
-        } else {
-          d.store(buf, n);
-          for (int j = 0; j < n; j++) gxp[m + i + j] = scalar_t(buf[j]);
-        }
-        if (part) {
-          if (n < K) d = V::set(V(0), d, n);  // zero the lanes past the end
-          if (bs == 0) {
-            run_sum = run_sum + d;
-          } else {
-            d.store(buf);
-            for (int j = 0; j < n; j++) part[c + i + j] += buf[j];
-          }
-        }
-      }
-      if (part && bs == 0) {
-        run_sum.store(buf);
-        double t = 0;
-        for (int j = 0; j < K; j++) t += buf[j];
-        part[c] += t;
-      }
+      double s = backward_run<A, R, scalar_t>(
+          gp + m, rp ? rp + m * esize : nullptr, gxp + m, bp && bs ? bp + c : nullptr,
+          bp && !bs ? bp[c] : acc(0), len, alpha, gain, clamp, want_gb, part && bs ? part + c : nullptr);
+      if (part && !bs) part[c] += s;
     });
   });
   if (want_gb) {

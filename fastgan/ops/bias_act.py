@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_tensor
+from ._checks import check_choice, check_same_device, check_tensor
 
 # act -> default alpha (only lrelu and elu use it)
 ACTS = {"linear": 0.0, "relu": 0.0, "lrelu": 0.2, "tanh": 0.0, "sigmoid": 0.0, "elu": 1.0,
@@ -67,6 +67,7 @@ def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=
     check_tensor(fn, "x", x)
     if b is not None:
         check_tensor(fn, "b", b)
+        check_same_device(fn, "b", b, "x", x)
     alpha, gain, clamp = resolve(fn, act, alpha, gain, clamp)
     return torch.ops.fastgan.bias_act(x, b, dim, act, alpha, gain, clamp)[0]
 
@@ -235,6 +236,7 @@ def bias_act_(x, b=None, *, act="lrelu", alpha=None, gain=None, clamp=None, dim=
     check_tensor(fn, "x", x)
     if b is not None:
         check_tensor(fn, "b", b)
+        check_same_device(fn, "b", b, "x", x)
     check_choice(fn, "act", act, ("linear", "relu", "lrelu"))
     alpha, gain, clamp = resolve(fn, act, alpha, gain, clamp)
     if torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad)):
