@@ -21,7 +21,8 @@ def _cmd_info(args) -> int:
 
 def _cmd_bench(args) -> int:
     from fastgan import bench
-    return bench.main(quick=args.quick, device=args.device, json_path=args.json)
+    return bench.main(quick=args.quick, device=args.device, json_path=args.json,
+                      families=args.only.split(",") if args.only else None, md_path=args.markdown)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--quick", action="store_true", help="a short run")
     pb.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     pb.add_argument("--json", default=None, help="also write the results to this JSON file")
+    pb.add_argument("--markdown", default=None, help="also write a markdown table to this file")
+    pb.add_argument("--only", default=None, help="comma-separated op families (default: all)")
     return p
 
 

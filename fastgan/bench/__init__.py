@@ -75,6 +75,9 @@ def run(device: str, quick: bool, families=None, contenders=CONTENDERS) -> List[
     rows = []
     min_time = 0.2 if quick else 1.0
     suites = _suites()
+    unknown = set(families or ()) - set(suites)
+    if unknown:
+        raise ValueError(f"unknown op families {sorted(unknown)}; known: {sorted(suites)}")
     for fam in families or list(suites):
         for case in suites[fam](device, quick):
             times = {}
@@ -139,17 +142,40 @@ def environment(device: str) -> dict:
     return env
 
 
+def markdown(env: dict, rows: List[dict]) -> str:
+    """The results as a markdown table, headed by the environment they were measured in."""
+    lines = [f"Measured {env['date']} on {env.get('gpu') or env.get('cpu')} ({env['device']}, "
+             f"{env['threads']} threads), torch {env['torch']}, commit {env.get('commit')}.", "",
+             "| family | case | fastgan ms | eager ms | compile ms | vs eager | vs compile | fastgan GB/s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        def f(k, fmt):
+            return fmt.format(r[k]) if r.get(k) is not None else "-"
+        lines.append(f"| {r['family']} | {r['case']} | {f('fastgan_ms', '{:.3f}')} | {f('eager_ms', '{:.3f}')} | "
+                     f"{f('compile_ms', '{:.3f}')} | {f('vs_eager', '{:.2f}x')} | {f('vs_compile', '{:.2f}x')} | "
+                     f"{f('fastgan_GBps', '{:.1f}')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(quick: bool = False, device: Optional[str] = None, json_path: Optional[str] = None,
-         families=None) -> int:
+         families=None, md_path: Optional[str] = None) -> int:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     env = environment(device)
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     print(HEADER)
-    rows = run(device, quick, families)
+    try:
+        rows = run(device, quick, families)
+    except ValueError as e:
+        print(f"fastgan bench: {e}")
+        return 2
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"environment": env, "results": rows}, f, indent=2)
         print(f"wrote {json_path}")
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(markdown(env, rows))
+        print(f"wrote {md_path}")
     return 0
