@@ -49,7 +49,8 @@ def _timeit(fn, min_run_time: float) -> float:
         fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t = tbench.Timer(stmt="fn()", globals={"fn": fn})
+    # Timer defaults to one thread; time with the threads the warm-up (and compilation) used.
+    t = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return t.blocked_autorange(min_run_time=min_run_time).median
 
 
