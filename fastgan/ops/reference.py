@@ -112,3 +112,14 @@ def gradient_penalty(discriminator, real, fake, weight=10.0, *, eps=None, center
     out = discriminator(x_hat)
     (g,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return weight * ((g.flatten(1).norm(dim=1) - center) ** 2).mean()
+
+
+# ---- BatchNorm + activation --------------------------------------------------------------------
+def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=False,
+                   momentum=0.1, eps=1e-5, act="relu", alpha=0.01, num_batches_tracked=None,
+                   memory_efficient=True):
+    """Reference for fastgan.ops.batch_norm_act: F.batch_norm followed by the activation."""
+    if momentum is None:
+        momentum = 1.0 / float(num_batches_tracked) if training and running_mean is not None else 0.0
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return act_fn(act, y, alpha)
