@@ -32,6 +32,10 @@ void stats_loop(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean_ou
   const int64_t C = l.C, S = l.S;
   const int nthreads = at::get_num_threads();
   std::vector<double> pn(size_t(nthreads) * C, 0.0), pm(pn.size(), 0.0), pq(pn.size(), 0.0);
+  // Welford on x - shift[c], shift[c] = the channel's first value: an exact subtraction for values
+  // near it, so a large common offset costs no precision in the float accumulators.
+  std::vector<acc> shift(C + K, acc(0));
+  for (int64_t c = 0; c < C; c++) shift[c] = acc(xp[c * S]);
 
   if (S == 1) {
     // rows of C consecutive channels; every channel of a chunk sees the same count
@@ -43,7 +47,7 @@ void stats_loop(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean_ou
         const scalar_t* row = xp + a * C;
         for (int64_t c = 0; c < C; c += K) {
           const int n = int(std::min<int64_t>(K, C - c));
-          V xv = IO::load(row + c, n);
+          V xv = IO::load(row + c, n) - V::loadu(shift.data() + c);
           V mv = V::loadu(m.data() + c), qv = V::loadu(q.data() + c);
           V d = xv - mv;
           mv = mv + d * inv;
@@ -64,11 +68,12 @@ void stats_loop(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean_ou
       for (int64_t r = r0; r < r1; r++) {
         const int64_t c = r % C;
         const scalar_t* p = xp + r * S;
+        const V vshift(shift[c]);
         double n = 0, mean = 0, m2 = 0;
         if (nfull > 0) {
           V mv(0), qv(0);
           for (int64_t k = 0; k < nfull; k++) {
-            V xv = IO::load(p + k * K, K);
+            V xv = IO::load(p + k * K, K) - vshift;
             V d = xv - mv;
             mv = mv + d * V(acc(1) / acc(k + 1));
             qv = qv + d * (xv - mv);
@@ -88,7 +93,7 @@ void stats_loop(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean_ou
           mean = lm;
           m2 = lq;
         }
-        for (int64_t i = nfull * K; i < S; i++) chan_merge(n, mean, m2, 1.0, double(acc(p[i])), 0.0);
+        for (int64_t i = nfull * K; i < S; i++) chan_merge(n, mean, m2, 1.0, double(acc(p[i]) - shift[c]), 0.0);
         chan_merge(pn[t + c], pm[t + c], pq[t + c], n, mean, m2);
       }
     });
@@ -101,7 +106,7 @@ void stats_loop(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean_ou
       const size_t i = size_t(t) * C + c;
       chan_merge(n, mean, m2, pn[i], pm[i], pq[i]);
     }
-    mo[c] = acc(mean);
+    mo[c] = acc(mean + double(shift[c]));
     vo[c] = acc(n > 0 ? std::max(m2 / n, 0.0) : 0.0);
   }
 }
