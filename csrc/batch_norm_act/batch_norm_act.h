@@ -217,8 +217,9 @@ inline at::Tensor acc_vec(const c10::optional<at::Tensor>& t, at::ScalarType acc
 }
 
 // Device-independent entry points. Kernels supplies:
-//   stats(xd, layout, mean, var)                       batch mean and biased var (acc dtype)
-//   apply(xd, layout, w, b, mean, var, eps, y, act, alpha)
+//   forward(xd, layout, training, w, b, mean, var, eps, y, act, alpha)
+//       training: writes the batch mean and biased var (acc dtype) into mean/var first;
+//       eval: mean/var already hold the running statistics. Then y = act(x * scale + shift).
 //   backward(g, refd, layout, mean, var, w, b, gm, gv, training, eps, act, alpha, ref,
 //            gx, dw_acc, db_acc)
 //   update(rm, rv, mean, var, nbt or undefined, momentum (<0: cumulative), count)
@@ -248,20 +249,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
   at::Tensor var = at::empty({C}, x.options().dtype(acc));
   at::Tensor xd = make_dense(x);
   at::Tensor y = at::empty_like(xd);
-  if (training) {
-    if (x.numel() == 0) {
-      mean.zero_();
-      var.zero_();
-    } else {
-      Kernels::stats(xd, channel_layout(xd, 1), mean, var);
-    }
-  } else {
+  if (!training) {
     mean.copy_(*running_mean);
     var.copy_(*running_var);
+  } else if (x.numel() == 0) {
+    mean.zero_();
+    var.zero_();
   }
   if (x.numel() > 0) {
-    Kernels::apply(xd, channel_layout(xd, 1), acc_vec(weight, acc), acc_vec(bias, acc), mean, var,
-                   eps, y, a, a == Act::Relu ? 0.0 : alpha);
+    Kernels::forward(xd, channel_layout(xd, 1), training, acc_vec(weight, acc), acc_vec(bias, acc), mean,
+                     var, eps, y, a, a == Act::Relu ? 0.0 : alpha);
   }
   return {y, mean, var};
 }

@@ -272,15 +272,11 @@ void backward_loop(const at::Tensor& g, const at::Tensor& ref, const ChannelLayo
 }
 
 struct CpuKernels {
-  static void stats(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean, at::Tensor& var) {
-    FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_stats_cpu",
-                              [&] { stats_loop<scalar_t>(x, l, mean, var); });
-  }
-
-  static void apply(const at::Tensor& x, const ChannelLayout& l, const at::Tensor& w, const at::Tensor& b,
-                    const at::Tensor& mean, const at::Tensor& var, double eps, at::Tensor& y, Act act,
-                    double alpha) {
+  static void forward(const at::Tensor& x, const ChannelLayout& l, bool training, const at::Tensor& w,
+                      const at::Tensor& b, at::Tensor& mean, at::Tensor& var, double eps, at::Tensor& y, Act act,
+                      double alpha) {
     FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_cpu", [&] {
+      if (training) stats_loop<scalar_t>(x, l, mean, var);
       using acc = acc_t<scalar_t>;
       constexpr int K = at::vec::Vectorized<acc>::size();
       const int64_t C = l.C;

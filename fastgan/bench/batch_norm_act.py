@@ -68,11 +68,10 @@ def cases(device: str, quick: bool):
                 fwd = {"fastgan": lambda m=fused, x=x: m(x), "eager": lambda m=eager, x=x: m(x),
                        "compile": lambda m=comp, x=x: m(x)}
                 out.append(Case("batch_norm_act", f"{act} train fwd {tag}", fwd, bytes=3 * n * es))
-                fe = eager.eval()
-                fusedev = _modules(shape[1], act, device, dtype)[0].eval()
-                ev = {"fastgan": lambda m=fusedev, x=x: m(x), "eager": lambda m=fe, x=x: m(x)}
+                fused_ev, eager_ev = (m.eval() for m in _modules(shape[1], act, device, dtype))
+                ev = {"fastgan": lambda m=fused_ev, x=x: m(x), "eager": lambda m=eager_ev, x=x: m(x),
+                      "compile": lambda m=compiled(eager_ev), x=x: m(x)}
                 out.append(Case("batch_norm_act", f"{act} eval fwd {tag}", ev, bytes=2 * n * es))
-                eager.train()
                 xr = x.clone().requires_grad_()
                 ours, _ = saved_bytes(fused, xr)
                 theirs, _ = saved_bytes(eager, xr)
