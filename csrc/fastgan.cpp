@@ -12,6 +12,7 @@
 // One entry per op; the no-CUDA stubs below are registered for each.
 static const char* kOps[] = {
     "bias_act", "bias_act_backward", "bias_act_",
+    "batch_norm_act", "batch_norm_act_backward", "batch_norm_act_update_stats_",
 };
 
 TORCH_LIBRARY(fastgan, m) {
@@ -28,6 +29,26 @@ TORCH_LIBRARY(fastgan, m) {
   // In-place forward for relu/lrelu/linear (FusedLeakyReLU(inplace=True)); returns the mask.
   m.def("bias_act_(Tensor(a!) x, Tensor? b, int dim, str act, float alpha, float gain,"
         " float clamp) -> Tensor");
+
+  // ---- batch_norm_act: y = act(batch_norm(x)), act in linear, relu, lrelu (slope alpha). ---------
+  // Functional (autograd needs it): returns (y, mean, var), the per-channel statistics used (batch
+  // mean and biased variance when training, copies of the running ones otherwise), in the
+  // accumulate dtype (float32 for fp16/bf16/fp32 x, float64 for float64 x). The running-stat update
+  // is the separate mutating op below.
+  // keep_input only tells the autograd formula to keep x rather than y (the kernels ignore it).
+  m.def("batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean,"
+        " Tensor? running_var, bool training, float eps, str act, float alpha, bool keep_input)"
+        " -> (Tensor, Tensor, Tensor)");
+  // ref is y (ref_is_output: linear, lrelu with alpha > 0) or x. grad_mean/grad_var are gradients
+  // reaching the mean/var outputs (double backward). Returns (grad_x, grad_weight, grad_bias);
+  // grad_weight/grad_bias are empty when weight/bias are None.
+  m.def("batch_norm_act_backward(Tensor grad, Tensor ref, Tensor mean, Tensor var, Tensor? weight,"
+        " Tensor? bias, Tensor? grad_mean, Tensor? grad_var, bool training, float eps, str act,"
+        " float alpha, bool ref_is_output) -> (Tensor, Tensor, Tensor)");
+  // running = (1 - f) running + f batch (variance unbiased with count), f = momentum, or
+  // 1 / num_batches_tracked (read on the device) when momentum is None. count 0: no change.
+  m.def("batch_norm_act_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean,"
+        " Tensor var, Tensor? num_batches_tracked, float? momentum, SymInt count) -> ()");
 }
 
 #ifndef FASTGAN_WITH_CUDA

@@ -2,3 +2,4 @@
 `fastgan.ops.reference` holds the pure-PyTorch twin of each."""
 from .bias_act import bias_act, bias_act_  # noqa: F401
 from . import reference  # noqa: F401
+from .batch_norm_act import batch_norm_act  # noqa: F401,E402

@@ -1,0 +1,261 @@
+"""Fused BatchNorm + activation, y = act(batch_norm(x)), keeping the memory of one activation for
+backward (in-place activated BatchNorm, Rota Bulo et al., CVPR 2018), with second derivatives
+(R1 / WGAN-GP penalties through a BatchNorm discriminator).
+
+Ops (csrc/batch_norm_act):
+  fastgan::batch_norm_act(x, weight, bias, running_mean, running_var, training, eps, act, alpha,
+      keep_input) -> (y, mean, var)
+      One pass for the batch statistics (Welford, fp32 accumulation), one fused normalise + affine
+      + activation pass. mean/var are the statistics used (batch ones in training, biased var).
+  fastgan::batch_norm_act_backward(grad, ref, mean, var, weight, bias, grad_mean, grad_var,
+      training, eps, act, alpha, ref_is_output) -> (grad_x, grad_weight, grad_bias)
+      One reduction pass (sum g, sum g*xhat) and one elementwise pass.
+  fastgan::batch_norm_act_update_stats_(running_mean!, running_var!, mean, var,
+      num_batches_tracked, momentum, count) -> ()
+      The running-statistics update of nn.BatchNorm2d (unbiased variance; momentum None: the
+      cumulative average 1/num_batches_tracked, read on the device, no host sync).
+
+Why the running-stat update is a separate mutating op: torch.library.register_autograd accepts only
+functional ops, so the differentiable forward cannot mutate the buffers. Returning the batch
+statistics and updating the buffers with a second op marked `Tensor(a!)` keeps the forward
+functional (opcheck, AOTAutograd), lets torch.compile(fullgraph=True) functionalise the buffer
+update like any in-place op, and costs one tiny kernel over C values instead of the several
+launches a torch-level lerp/mul/add update would take.
+
+What the backward keeps (besides per-channel mean/var and the parameters):
+  linear, lrelu with alpha > 0  the output y only: act is inverted (z = act^-1(y)) and the
+                                normalised input recovered as xhat = (z - bias) / weight. This
+                                needs weight != 0: a channel whose weight is exactly 0 gets a zero
+                                weight gradient (keep_input=True / memory_efficient=False keeps x
+                                instead, for exact gradients whatever the weights).
+  relu, lrelu with alpha <= 0   the input x (relu's output loses z < 0, which BatchNorm's backward
+                                needs); act'(z) is recomputed from x bit-exactly, so no mask.
+Eager BatchNorm2d + activation keeps both x and y.
+
+Second derivatives: grad_mean/grad_var carry the gradients that reach the mean/var outputs in
+double backward, and batch_norm_act_backward has an autograd formula of its own in torch ops below.
+"""
+import torch
+
+from ._checks import check_choice, check_tensor
+
+ACTS = ("linear", "relu", "lrelu")
+_FN = "fastgan.ops.batch_norm_act"
+
+
+def invertible(act: str, alpha: float) -> bool:
+    """Can y = act(z) be inverted (so that the backward may keep y instead of x)?"""
+    return act == "linear" or (act == "lrelu" and alpha > 0)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=False,
+                   momentum=0.1, eps=1e-5, act="relu", alpha=0.01, num_batches_tracked=None,
+                   memory_efficient=True):
+    """act(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)).
+
+    x: (N, C, H, W), any float dtype and strides (channels_last is not copied). weight, bias,
+    running_mean, running_var: (C,) or None, in x's dtype or float32 (fp16/bf16 x, as under
+    autocast); y has x's dtype. act: linear, relu, lrelu (slope `alpha`).
+    training: use batch statistics and, when running stats are given, update them in place as
+    nn.BatchNorm2d does. momentum=None is the cumulative average and needs `num_batches_tracked`
+    (already incremented for this batch, as nn.BatchNorm2d does).
+    memory_efficient: for linear/lrelu(alpha > 0) the backward keeps only y (see the module doc);
+    False keeps x instead.
+    """
+    check_tensor(_FN, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"{_FN}: argument 'x' must be a 4-D tensor (N, C, H, W); got a {x.dim()}-D "
+                         f"tensor of shape {tuple(x.shape)}")
+    check_choice(_FN, "act", act, ACTS)
+    C = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None:
+            check_tensor(_FN, name, t)
+            if t.dim() != 1 or t.shape[0] != C:
+                raise ValueError(f"{_FN}: argument '{name}' must have shape ({C},) (x has {C} channels); "
+                                 f"got shape {tuple(t.shape)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{_FN}: arguments 'running_mean' and 'running_var' must be given together")
+    if not training and running_mean is None:
+        raise ValueError(f"{_FN}: argument 'running_mean' is required when training=False "
+                         f"(eval uses the running statistics)")
+    alpha = float(alpha)
+    eps = float(eps)
+    if not eps >= 0:
+        raise ValueError(f"{_FN}: argument 'eps' must be >= 0, got {eps}")
+    M = x.numel() // C if C else 0
+    if training and x.numel() > 0 and M == 1:
+        raise ValueError(f"{_FN}: expected more than 1 value per channel when training, got input "
+                         f"(argument 'x') of shape {tuple(x.shape)}")
+    update = training and running_mean is not None
+    if update and momentum is None:
+        if num_batches_tracked is None:
+            raise ValueError(f"{_FN}: momentum=None (cumulative average) needs argument "
+                             f"'num_batches_tracked'")
+    elif momentum is not None:
+        momentum = float(momentum)
+    keep_input = not memory_efficient
+    y, mean, var = torch.ops.fastgan.batch_norm_act(x, weight, bias, running_mean, running_var, training,
+                                                    eps, act, alpha, keep_input)
+    if update:
+        torch.ops.fastgan.batch_norm_act_update_stats_(running_mean, running_var, mean.detach(),
+                                                       var.detach(), num_batches_tracked, momentum, M)
+    return y
+
+
+# ---- fake kernels (shapes, strides and dtypes for torch.compile) ---------------------------
+@torch.library.register_fake("fastgan::batch_norm_act")
+def _fake(x, weight, bias, running_mean, running_var, training, eps, act, alpha, keep_input):
+    acc = _acc_dtype(x.dtype)
+    C = x.shape[1]
+    return torch.empty_like(x), x.new_empty((C,), dtype=acc), x.new_empty((C,), dtype=acc)
+
+
+@torch.library.register_fake("fastgan::batch_norm_act_backward")
+def _backward_fake(grad, ref, mean, var, weight, bias, grad_mean, grad_var, training, eps, act, alpha,
+                   ref_is_output):
+    acc = _acc_dtype(ref.dtype)
+    C = ref.shape[1]
+    gw = ref.new_empty((C,), dtype=weight.dtype) if weight is not None else ref.new_empty((0,), dtype=acc)
+    gb = ref.new_empty((C,), dtype=bias.dtype) if bias is not None else ref.new_empty((0,), dtype=acc)
+    return torch.empty_like(ref), gw, gb
+
+
+@torch.library.register_fake("fastgan::batch_norm_act_update_stats_")
+def _update_fake(running_mean, running_var, mean, var, num_batches_tracked, momentum, count):
+    return None
+
+
+# ---- autograd: first order ---------------------------------------------------------------
+def _setup(ctx, inputs, output):
+    x, weight, bias, _rm, _rv, training, eps, act, alpha, keep_input = inputs
+    y, mean, var = output
+    from_y = (not keep_input) and invertible(act, alpha)
+    ctx.set_materialize_grads(False)
+    ctx.params = (training, eps, act, alpha, from_y)
+    ctx.save_for_backward(y if from_y else x, mean, var, weight, bias)
+
+
+def _backward(ctx, gy, gmean, gvar):
+    ref, mean, var, weight, bias = ctx.saved_tensors
+    training, eps, act, alpha, from_y = ctx.params
+    if gy is None:
+        gy = torch.zeros_like(ref)
+    if not training:
+        gmean = gvar = None  # the running statistics are buffers, not differentiated
+    gx, gw, gb = torch.ops.fastgan.batch_norm_act_backward(gy, ref, mean, var, weight, bias, gmean, gvar,
+                                                          training, eps, act, alpha, from_y)
+    need = ctx.needs_input_grad
+    return (gx if need[0] else None, gw if weight is not None and need[1] else None,
+            gb if bias is not None and need[2] else None) + (None,) * 7
+
+
+torch.library.register_autograd("fastgan::batch_norm_act", _backward, setup_context=_setup)
+
+
+# ---- autograd of the backward: second order ---------------------------------------------
+# With g = grad * s (s = act'(z)), xhat the normalised input, r = 1/sqrt(var + eps), per channel
+# sums over M values, the backward op computes
+#   dx = w r (g - Sg/M - xhat Sgx/M) + gm/M + 2 gv xhat/(r M)     (eval: dx = w r g)
+#   dw = Sgx = sum g xhat,  db = Sg = sum g.
+# Its vector-Jacobian product with (A, a, c) = upstream grads of (dx, dw, db) is below: Gg is the
+# derivative w.r.t. g, Gx w.r.t. xhat (g fixed), and xhat depends on (ref, mean, var) for ref = x
+# or on (ref, weight, bias) for ref = y.
+def _bwd_setup(ctx, inputs, output):
+    grad, ref, mean, var, weight, bias, gm, gv, training, eps, act, alpha, ref_is_output = inputs
+    ctx.params = (training, eps, act, alpha, ref_is_output)
+    ctx.save_for_backward(grad, ref, mean, var, weight, bias, gm, gv)
+
+
+def _bwd_backward(ctx, ggx, ggw, ggb):
+    grad, ref, mean, var, weight, bias, gm, gv = ctx.saved_tensors
+    training, eps, act, alpha, from_y = ctx.params
+    need = ctx.needs_input_grad
+    C = ref.shape[1]
+    M = ref.numel() // C if C else 0
+    if M == 0:
+        return (None,) * 13
+    dt = _acc_dtype(ref.dtype)
+    sh = (1, C, 1, 1)
+    dims = (0, 2, 3)
+
+    def chan(t, default):
+        if t is None or t.numel() == 0:
+            return torch.full(sh, default, dtype=dt, device=ref.device)
+        return t.to(dt).reshape(sh)
+
+    def csum(t):
+        return t.sum(dims, keepdim=True)
+
+    w, b = chan(weight, 1.0), chan(bias, 0.0)
+    mu, r = chan(mean, 0.0), torch.rsqrt(chan(var, 1.0) + eps)
+    gvv = chan(gv, 0.0) if training else None
+    d, refc = grad.to(dt), ref.to(dt)
+    A = ggx.to(dt) if ggx is not None else torch.zeros_like(refc)
+    a = chan(ggw if weight is not None else None, 0.0)
+    c = chan(ggb if bias is not None else None, 0.0)
+    if from_y:
+        if act == "lrelu":
+            pos = refc > 0
+            s = torch.where(pos, 1.0, alpha).to(dt)
+            z = torch.where(pos, refc, refc / alpha)
+        else:
+            s = torch.ones_like(refc)
+            z = refc
+        inv_w = torch.where(w != 0, 1.0 / torch.where(w != 0, w, 1.0), 0.0)
+        xh = (z - b) * inv_w
+    else:
+        xh = (refc - mu) * r
+        zz = w * xh + b
+        if act == "linear":
+            s = torch.ones_like(refc)
+        elif act == "relu":
+            s = (zz > 0).to(dt)
+        else:
+            s = torch.where(zz > 0, 1.0, alpha).to(dt)
+    g = d * s
+    Sg, Sgx = csum(g), csum(g * xh)
+    wr = w * r
+    d_gm = d_gv = None
+    if training:
+        SA, SAx = csum(A), csum(A * xh)
+        P = csum(A * g) - Sg * SA / M - Sgx * SAx / M
+        Gg = wr * (A - SA / M - xh * SAx / M) + a * xh + c
+        Gx = -wr * (g * SAx + Sgx * A) / M + a * g + 2 * gvv * A / (r * M)
+        dL_dw = r * P
+        dL_dr = w * P - 2 * gvv * SAx / (r * r * M)
+        d_gm, d_gv = SA / M, 2 * SAx / (r * M)
+    else:
+        P = csum(A * g)
+        Gg = wr * A + a * xh + c
+        Gx = a * g
+        dL_dw = r * P
+        dL_dr = w * P
+    d_grad = Gg * s
+    d_mean = d_bias = None
+    if from_y:
+        d_ref = Gx * inv_w / s
+        d_bias = -csum(Gx) * inv_w
+        d_w = dL_dw - csum(Gx * xh) * inv_w
+    else:
+        d_ref = Gx * r
+        d_mean = -r * csum(Gx)
+        dL_dr = dL_dr + csum(Gx * xh) / r
+        d_w = dL_dw
+    d_var = dL_dr * (-0.5) * r * r * r
+
+    def out(i, t, like):
+        if not need[i] or t is None or like is None:
+            return None
+        return t.reshape(like.shape).to(like.dtype)
+
+    return (out(0, d_grad, grad), out(1, d_ref, ref), out(2, d_mean, mean), out(3, d_var, var),
+            out(4, d_w, weight), out(5, d_bias, bias), out(6, d_gm, gm), out(7, d_gv, gv)) + (None,) * 5
+
+
+torch.library.register_autograd("fastgan::batch_norm_act_backward", _bwd_backward, setup_context=_bwd_setup)
