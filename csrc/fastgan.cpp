@@ -12,6 +12,7 @@
 // One entry per op; the no-CUDA stubs below are registered for each.
 static const char* kOps[] = {
     "bias_act", "bias_act_backward", "bias_act_",
+    "conv_transpose2d_act",
 };
 
 TORCH_LIBRARY(fastgan, m) {
@@ -28,6 +29,14 @@ TORCH_LIBRARY(fastgan, m) {
   // In-place forward for relu/lrelu/linear (FusedLeakyReLU(inplace=True)); returns the mask.
   m.def("bias_act_(Tensor(a!) x, Tensor? b, int dim, str act, float alpha, float gain,"
         " float clamp) -> Tensor");
+
+  // ---- conv_transpose: y = clamp(act(conv_transpose2d(x, weight) + bias) * gain, -clamp, clamp) -
+  // Returns (y, ref): ref is what bias_act_backward reads (csrc/conv_transpose/conv_transpose.h):
+  // the uint8 mask (relu/lrelu/clamped linear), the pre-activation without bias (softplus/swish/
+  // gelu) or an empty tensor. y and ref are channels_last exactly when x is.
+  m.def("conv_transpose2d_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding,"
+        " int[2] output_padding, int groups, int[2] dilation, str act, float alpha, float gain,"
+        " float clamp) -> (Tensor, Tensor)");
 }
 
 #ifndef FASTGAN_WITH_CUDA

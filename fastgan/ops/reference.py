@@ -112,3 +112,11 @@ def gradient_penalty(discriminator, real, fake, weight=10.0, *, eps=None, center
     out = discriminator(x_hat)
     (g,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return weight * ((g.flatten(1).norm(dim=1) - center) ** 2).mean()
+
+
+# ---- conv_transpose ---------------------------------------------------------------------------
+def conv_transpose2d_act(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                         *, act="linear", alpha=None, gain=None, clamp=None):
+    """Reference for fastgan.ops.conv_transpose2d_act: F.conv_transpose2d, then bias_act."""
+    y = F.conv_transpose2d(x, weight, None, stride, padding, output_padding, groups, dilation)
+    return bias_act(y, bias, act=act, alpha=alpha, gain=gain, clamp=clamp, dim=1 if x.dim() == 4 else 0)
