@@ -14,6 +14,7 @@
 // tensor otherwise (tanh/sigmoid/elu/selu read y; linear reads nothing).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +31,10 @@
 
 namespace fastgan {
 namespace conv_transpose {
+
+using bias_act::Act;
+using bias_act::Params;
+using bias_act::Ref;
 
 struct Geometry {
   int64_t N, Cin, H, W;   // input
@@ -104,14 +109,58 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& w, const c1
   return g;
 }
 
-// The output (and ref) layout: channels_last exactly when x is channels_last and not also
-// contiguous (the same rule is in fastgan/ops/conv_transpose.py's fake kernel).
-inline bool channels_last_out(const at::Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+// The output (and ref) layout: channels_last exactly when x or the weight is channels_last and
+// not also contiguous, as ATen's convolutions decide (the same rule is in
+// fastgan/ops/conv_transpose.py's fake kernel).
+inline bool strictly_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-inline at::MemoryFormat out_format(const at::Tensor& x) {
-  return channels_last_out(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+inline bool channels_last_out(const at::Tensor& x, const at::Tensor& w) {
+  return strictly_channels_last(x) || strictly_channels_last(w);
+}
+
+inline at::MemoryFormat out_format(const at::Tensor& x, const at::Tensor& w) {
+  return channels_last_out(x, w) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// t with exactly the strides at::empty(t.sizes(), memory_format=fmt) gives (what the fake kernel
+// promises), copied only when they differ.
+inline at::Tensor to_layout(const at::Tensor& t, at::MemoryFormat fmt) {
+  const at::Tensor ref = at::empty(t.sizes(), t.options().device(at::kMeta).memory_format(fmt));
+  if (t.strides() == ref.strides()) return t;
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(fmt));
+  out.copy_(t);
+  return out;
+}
+
+// ---- the aten path ----------------------------------------------------------------------------
+using BiasActFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&,
+                                                      int64_t, c10::string_view, double, double, double);
+using BiasActInplaceFn = at::Tensor(at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
+                                    c10::string_view, double, double, double);
+
+// ATen's transposed convolution and the bias_act ops as the epilogue; returns (y, ref).
+inline std::tuple<at::Tensor, at::Tensor> run_aten(const at::Tensor& x, const at::Tensor& w,
+                                                   const c10::optional<at::Tensor>& b, const Geometry& g,
+                                                   const Params& p, const std::string& act) {
+  const bool x_kind = p.ref == Ref::X;
+  at::Tensor conv = to_layout(
+      at::conv_transpose2d(x, w, x_kind ? c10::optional<at::Tensor>() : b, {g.s[0], g.s[1]},
+                           {g.p[0], g.p[1]}, {g.op[0], g.op[1]}, g.G, {g.d[0], g.d[1]}),
+      out_format(x, w));
+  const at::Tensor empty = at::empty({0}, x.options().dtype(x.scalar_type()));
+  if (p.ref == Ref::None && p.gain == 1.0 && p.clamp < 0) return {conv, empty};  // plain linear
+  if (p.ref == Ref::Mask || p.ref == Ref::None) {
+    static auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::bias_act_", "").typed<BiasActInplaceFn>();
+    at::Tensor mask = op.call(conv, c10::nullopt, 1, act, p.alpha, p.gain, p.clamp);
+    return {conv, p.ref == Ref::Mask ? mask : empty};
+  }
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::bias_act", "").typed<BiasActFn>();
+  at::Tensor y = std::get<0>(op.call(conv, x_kind ? b : c10::nullopt, 1, act, p.alpha, p.gain, p.clamp));
+  return {y, x_kind ? conv : empty};
 }
 
 // ---- phase plan (dilation 1) -----------------------------------------------------------------
@@ -121,7 +170,7 @@ inline at::MemoryFormat out_format(const at::Tensor& x) {
 // of the phase is element j + off of that correlation's output.
 struct PhaseDim {
   int64_t s, T, P;
-  int64_t ky0[16], len[16], off[16];
+  int64_t ky0[16], c[16], len[16], off[16];
 };
 
 constexpr int64_t kMaxPhaseStride = 16;
@@ -135,6 +184,7 @@ inline PhaseDim make_phase_dim(int64_t in, int64_t out, int64_t k, int64_t s, in
   for (int64_t r = 0; r < s; r++) {
     d.ky0[r] = (r + p) % s;
     const int64_t c = (r + p - d.ky0[r]) / s;
+    d.c[r] = c;
     d.len[r] = r < out ? (out - r + s - 1) / s : 0;
     nominal[r] = c - (d.T - 1);  // input row of tap u = 0 for phase output j = 0
     if (d.len[r] > 0) {
@@ -175,7 +225,8 @@ inline std::string shape_key(const char* dev, const at::Tensor& x, const at::Ten
                              const Geometry& g, int ref_kind, const std::string& act, double clamp,
                              int extra) {
   std::ostringstream k;
-  k << dev << ' ' << x.scalar_type() << ' ' << x.sizes() << (channels_last_out(x) ? " cl " : " nchw ")
+  k << dev << ' ' << x.scalar_type() << ' ' << x.sizes() << (strictly_channels_last(x) ? " xcl " : " x ")
+    << (channels_last_out(x, w) ? "cl " : "nchw ")
     << w.sizes() << ' ' << has_bias << " s" << g.s[0] << ',' << g.s[1] << " p" << g.p[0] << ','
     << g.p[1] << " op" << g.op[0] << ',' << g.op[1] << " d" << g.d[0] << ',' << g.d[1] << " g" << g.G
     << ' ' << act << " r" << ref_kind << " c" << (clamp >= 0) << " e" << extra;

@@ -19,9 +19,6 @@ namespace fastgan {
 namespace conv_transpose {
 namespace {
 
-using bias_act::Act;
-using bias_act::Params;
-using bias_act::Ref;
 template <class T>
 using Vec = at::vec::Vectorized<T>;
 
@@ -112,7 +109,7 @@ void run_fused(const at::Tensor& x, const at::Tensor& w, const c10::optional<at:
                const Geometry& g, const Params& p, at::Tensor& y, at::Tensor& mask, at::Tensor& pre) {
   const PhaseDim dy = make_phase_dim(g.H, g.OH, g.KH, g.s[0], g.p[0]);
   const PhaseDim dx = make_phase_dim(g.W, g.OW, g.KW, g.s[1], g.p[1]);
-  const bool cl = channels_last_out(x);
+  const bool cl = channels_last_out(x, w);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor wp;
   FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "conv_transpose_pack", [&] {
@@ -176,37 +173,10 @@ void run_fused(const at::Tensor& x, const at::Tensor& w, const c10::optional<at:
   });
 }
 
-// ---- the aten path ----------------------------------------------------------------------------
-using BiasActFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&,
-                                                      int64_t, c10::string_view, double, double, double);
-using BiasActInplaceFn = at::Tensor(at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
-                                    c10::string_view, double, double, double);
-
-// ATen's transposed convolution and the bias_act ops as the epilogue; returns (y, ref).
-std::tuple<at::Tensor, at::Tensor> run_aten(const at::Tensor& x, const at::Tensor& w,
-                                            const c10::optional<at::Tensor>& b, const Geometry& g,
-                                            const Params& p, const std::string& act) {
-  const bool x_kind = p.ref == Ref::X;
-  at::Tensor conv = at::conv_transpose2d(x, w, x_kind ? c10::optional<at::Tensor>() : b,
-                                         {g.s[0], g.s[1]}, {g.p[0], g.p[1]}, {g.op[0], g.op[1]}, g.G,
-                                         {g.d[0], g.d[1]})
-                        .contiguous(out_format(x));
-  const at::Tensor empty = at::empty({0}, x.options().dtype(x.scalar_type()));
-  if (p.ref == Ref::None && p.gain == 1.0 && p.clamp < 0) return {conv, empty};  // plain linear
-  if (p.ref == Ref::Mask || p.ref == Ref::None) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::bias_act_", "").typed<BiasActInplaceFn>();
-    at::Tensor mask = op.call(conv, c10::nullopt, 1, act, p.alpha, p.gain, p.clamp);
-    return {conv, p.ref == Ref::Mask ? mask : empty};
-  }
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::bias_act", "").typed<BiasActFn>();
-  at::Tensor y = std::get<0>(op.call(conv, x_kind ? b : c10::nullopt, 1, act, p.alpha, p.gain, p.clamp));
-  return {y, x_kind ? conv : empty};
-}
-
 std::tuple<at::Tensor, at::Tensor> call_fused(const at::Tensor& x, const at::Tensor& w,
                                               const c10::optional<at::Tensor>& b, const Geometry& g,
                                               const Params& p) {
-  const auto fmt = out_format(x);
+  const auto fmt = out_format(x, w);
   auto opts = x.options().memory_format(fmt);
   at::Tensor y = at::empty({g.N, g.Cout, g.OH, g.OW}, opts);
   at::Tensor mask = p.ref == Ref::Mask ? at::empty({g.N, g.Cout, g.OH, g.OW}, opts.dtype(at::kByte))
@@ -226,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cpu(
   Params p = bias_act::make_params(x_in, 1, act, alpha, gain, clamp, false);
   p.dim = 1;
   // Dense input in its own layout (a channels_last input stays channels_last).
-  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(out_format(x_in));
+  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(strictly_channels_last(x_in) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const at::Tensor& w = w_in;
   if (g.N == 0 || g.Cin == 0 || g.Cout == 0) return run_aten(x, w, b, g, p, act);
   Path path = forced_path();

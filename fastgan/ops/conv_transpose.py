@@ -86,9 +86,13 @@ def output_shape(x_shape, w_shape, stride, padding, output_padding, groups, dila
     return (n, w_shape[1] * groups, oh, ow)
 
 
-def _is_channels_last(x):
+def _strictly_channels_last(t):
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _is_channels_last(x, w):
     """The output layout rule of the op (csrc/conv_transpose/conv_transpose.h: channels_last_out)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return _strictly_channels_last(x) or _strictly_channels_last(w)
 
 
 @torch.library.register_fake("fastgan::conv_transpose2d_act")
@@ -99,7 +103,7 @@ def _fake(x, weight, bias, stride, padding, output_padding, groups, dilation, ac
     stride, padding, output_padding, dilation = (list(v) * (2 // len(v))
                                                  for v in (stride, padding, output_padding, dilation))
     shape = output_shape(x.shape, weight.shape, stride, padding, output_padding, groups, dilation)
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    fmt = torch.channels_last if _is_channels_last(x, weight) else torch.contiguous_format
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     kind = ref_kind(act, clamp)
     if kind == "mask":
