@@ -32,38 +32,40 @@ inline void epilogue_run(const S* src, int64_t n, const acc_t<scalar_t>* bvec, a
   using acc = acc_t<scalar_t>;
   using V = Vec<acc>;
   constexpr int64_t K = V::size();
-  const V valpha(acc(p.alpha)), vgain(acc(p.gain)), vclamp(acc(p.clamp));
+  constexpr bool kSrcAcc = std::is_same_v<S, acc>, kOutAcc = std::is_same_v<scalar_t, acc>;
+  const V valpha(acc(p.alpha)), vgain(acc(p.gain)), vclamp(acc(p.clamp)), vb(bconst);
   const bool has_clamp = p.clamp >= 0;
   alignas(64) acc buf[K];
   for (int64_t i = 0; i < n; i += K) {
     const int m = int(std::min<int64_t>(K, n - i));
+    const bool full = m == K;  // full vectors load and store directly (no copy through buf)
     V v;
-    if constexpr (std::is_same_v<S, acc>) {
-      v = m == K ? V::loadu(src + i) : V::loadu(src + i, m);
+    if constexpr (kSrcAcc) {
+      v = full ? V::loadu(src + i) : V::loadu(src + i, m);
     } else {
       for (int j = 0; j < m; j++) buf[j] = acc(src[i + j]);
-      v = V::loadu(buf, m);
+      v = V::loadu(buf);
     }
     if (pre) {
-      v.store(buf, m);
+      v.store(buf);
       for (int j = 0; j < m; j++) pre[i + j] = scalar_t(buf[j]);
     }
-    const V z = v + (bvec ? V::loadu(bvec + i, m) : V(bconst));
+    const V z = v + (bvec ? (full ? V::loadu(bvec + i) : V::loadu(bvec + i, m)) : vb);
     V out = bias_act::act_f<A>(z, valpha) * vgain;
     if (mask) {
       V cls = A == Act::Linear ? V(1) : bias_act::sel(z > V(0), V(1), V(2));
       if (has_clamp) cls = bias_act::sel(out.abs() > vclamp, V(0), cls);
-      cls.store(buf, m);
+      cls.store(buf);
       for (int j = 0; j < m; j++) mask[i + j] = uint8_t(buf[j]);
     }
     if (has_clamp) out = bias_act::clamp_(out, vclamp);
-    if constexpr (std::is_same_v<scalar_t, acc>) {
-      if (m == K) {
+    if constexpr (kOutAcc) {
+      if (full) {
         out.store(y + i);
         continue;
       }
     }
-    out.store(buf, m);
+    out.store(buf);
     for (int j = 0; j < m; j++) y[i + j] = scalar_t(buf[j]);
   }
 }
