@@ -13,6 +13,7 @@
 static const char* kOps[] = {
     "bias_act", "bias_act_backward", "bias_act_",
     "batch_norm_act", "batch_norm_act_backward", "batch_norm_act_update_stats_",
+    "conv_transpose2d_act",
 };
 
 TORCH_LIBRARY(fastgan, m) {
@@ -49,6 +50,13 @@ TORCH_LIBRARY(fastgan, m) {
   // 1 / num_batches_tracked (read on the device) when momentum is None. count 0: no change.
   m.def("batch_norm_act_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean,"
         " Tensor var, Tensor? num_batches_tracked, float? momentum, SymInt count) -> ()");
+  // ---- conv_transpose: y = clamp(act(conv_transpose2d(x, weight) + bias) * gain, -clamp, clamp) -
+  // Returns (y, ref): ref is what bias_act_backward reads (csrc/conv_transpose/conv_transpose.h):
+  // the uint8 mask (relu/lrelu/clamped linear), the pre-activation without bias (softplus/swish/
+  // gelu) or an empty tensor. y and ref are channels_last exactly when x is.
+  m.def("conv_transpose2d_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding,"
+        " int[2] output_padding, int groups, int[2] dilation, str act, float alpha, float gain,"
+        " float clamp) -> (Tensor, Tensor)");
 }
 
 #ifndef FASTGAN_WITH_CUDA

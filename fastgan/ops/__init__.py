@@ -1,5 +1,6 @@
 """fastgan's fused ops. Each family lives in its own module with its torch.library registrations;
 `fastgan.ops.reference` holds the pure-PyTorch twin of each."""
 from .bias_act import bias_act, bias_act_  # noqa: F401
+from .conv_transpose import conv_transpose2d_act  # noqa: F401
 from . import reference  # noqa: F401
 from .batch_norm_act import batch_norm_act  # noqa: F401,E402
