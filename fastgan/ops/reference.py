@@ -123,6 +123,8 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
         momentum = 1.0 / float(num_batches_tracked) if training and running_mean is not None else 0.0
     y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     return act_fn(act, y, alpha)
+
+
 # ---- conv_transpose ---------------------------------------------------------------------------
 def conv_transpose2d_act(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                          *, act="linear", alpha=None, gain=None, clamp=None):
