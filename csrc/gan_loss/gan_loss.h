@@ -129,7 +129,7 @@ template <class V> FASTGAN_HD void softplus_sigmoid(V z, V& sp, V& sig) {
   const V e = exp_(V(0) - abs_(z));
   const V r = V(1) / (V(1) + e);
   sig = sel(z >= V(0), r, e * r);
-  sp = sel(z > V(0), z, V(0)) + log1p_(e);
+  sp = sel(z > V(0), z, V(0)) + log1p_unit(e);
 }
 
 template <class V> FASTGAN_HD V sigmoid_of(V x) {
