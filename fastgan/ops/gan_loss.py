@@ -122,5 +122,6 @@ def _g_loss_fake(fake, real, kind, reduction):
 def _loss_backward_fake(grad, g0, g1, dtype):
     return g0.new_empty(g0.shape, dtype=dtype), g1.new_empty(g1.shape, dtype=dtype)
 
+
 # Autograd (first and second order) is registered in C++ (csrc/gan_loss/gan_loss_cpu.cpp): the
 # Python autograd path would cost several times the kernel time of a loss on every call.
