@@ -14,6 +14,7 @@ static const char* kOps[] = {
     "bias_act", "bias_act_backward", "bias_act_",
     "batch_norm_act", "batch_norm_act_backward", "batch_norm_act_update_stats_",
     "conv_transpose2d_act",
+    "gan_d_loss", "gan_g_loss", "gan_loss_backward", "grad_penalty", "grad_penalty_backward",
 };
 
 TORCH_LIBRARY(fastgan, m) {
@@ -57,6 +58,23 @@ TORCH_LIBRARY(fastgan, m) {
   m.def("conv_transpose2d_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding,"
         " int[2] output_padding, int groups, int[2] dilation, str act, float alpha, float gain,"
         " float clamp) -> (Tensor, Tensor)");
+  // ---- gan_loss: fused GAN losses (csrc/gan_loss/gan_loss.h) -----------------------------------
+  // One pass computes the loss (0-dim, fp32 for fp16/bf16/fp32 logits, fp64 for fp64) and
+  // d loss / d logits (same dtype as the loss, the logits' shapes), which the backward only scales.
+  // kind: ns, minimax, hinge, wgan, lsgan, rals; reduction: mean, sum. The D loss returns
+  // (loss, stats, grad_real, grad_fake); stats = [mean sigmoid(real), mean sigmoid(fake)] when
+  // `stats`, else empty. real_label/fake_label are the BCE targets of ns/minimax.
+  m.def("gan_d_loss(Tensor real, Tensor fake, str kind, str reduction, float real_label,"
+        " float fake_label, bool stats) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (loss, grad_fake, grad_real); real is read by rals only (grad_real is empty otherwise).
+  m.def("gan_g_loss(Tensor fake, Tensor? real, str kind, str reduction) -> (Tensor, Tensor, Tensor)");
+  // (grad * g0, grad * g1) in dtype; grad has one element.
+  m.def("gan_loss_backward(Tensor grad, Tensor g0, Tensor g1, ScalarType dtype) -> (Tensor, Tensor)");
+  // Gradient penalty from g = dD/dx (csrc/gan_loss/penalty.h): returns (penalty, per-sample norms);
+  // squared: weight * mean ||g_i||^2 (R1), else weight * mean (||g_i|| - center)^2 (WGAN-GP).
+  m.def("grad_penalty(Tensor g, float center, float weight, bool squared) -> (Tensor, Tensor)");
+  m.def("grad_penalty_backward(Tensor grad, Tensor g, Tensor norms, float center, float weight,"
+        " bool squared) -> Tensor");
 }
 
 #ifndef FASTGAN_WITH_CUDA
