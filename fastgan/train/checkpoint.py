@@ -57,7 +57,9 @@ def read(path: str) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (zip errors, unpickling refusals, EOF: all "unusable")
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        msg = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0] if lines else
+                   type(e).__name__)
         raise CheckpointError(f"{path}: not a readable fastgan checkpoint (corrupt, truncated, or "
                               f"holding objects other than tensors and plain data): {msg}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:

@@ -69,7 +69,9 @@ def train_feature_net(x: torch.Tensor, y: torch.Tensor, *, steps: int = 600, bat
                       seed: int = 0, cache: bool = True) -> FeatureNet:
     """Train (or load from the cache) the classifier for images x (N, C, H, W) with labels y."""
     x, y = x.detach().cpu().float(), y.detach().cpu().long()
-    net = FeatureNet(x.shape[1], int(y.max()) + 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = FeatureNet(x.shape[1], int(y.max()) + 1)
     path = os.path.join(cache_dir(), f"featurenet-{_fingerprint(x, y)}.pt")
     if cache and os.path.exists(path):
         try:

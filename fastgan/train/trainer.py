@@ -304,9 +304,10 @@ class GANTrainer:
             with open(os.path.join(out_dir, "metrics.jsonl"), "w") as f:  # what this trainer has logged
                 for r in self.history:
                     f.write(json.dumps(r) + "\n")
-        if evaluator is None and self.is_main:
+        if evaluator is None and self.is_main and out_dir:
             from .metrics import evaluator_for
-            evaluator = evaluator_for(data)
+            with torch.random.fork_rng(devices=[]):  # building it must not move the training RNGs
+                evaluator = evaluator_for(data)
         self._modes = getattr(data, "modes", None)
         batches = make_batches(data, batch_size, device=self.device, channels_last=self.channels_last,
                                seed=self.seed, rank=self.rank, world=self.world, state=self._data_state)
@@ -474,7 +475,7 @@ class GANTrainer:
             "history": self.history, "config": self.config, "world": self.world,
             "models": None if kind is None else {"kind": kind, "generator": dict(self.generator.config),
                                                  "discriminator": dict(self.discriminator.config)},
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
 
     def save_checkpoint(self, path: str) -> str:
