@@ -70,28 +70,31 @@ class IndexBatches:
 
 
 class LoaderBatches:
-    """Batches from a DataLoader, epoch after epoch; restorable (see the module docstring)."""
+    """Batches from a DataLoader, epoch after epoch; restorable (see the module docstring).
+
+    A DataLoader draws from the global torch RNG when its iterator is created (worker seeds) and
+    when its first batch is fetched (a RandomSampler's seed): each epoch therefore opens with
+    both at once, after recording the RNG state that a resumed run replays."""
 
     def __init__(self, loader: DataLoader, *, device, channels_last):
         self.loader, self.device, self.cl = loader, device, channels_last
-        self.it, self.consumed, self.epoch, self.start = None, 0, 0, None
+        self.it, self.first, self.consumed, self.epoch, self.start = None, None, 0, 0, None
 
-    def _new_epoch(self, start=None):
+    def _open(self):
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        if start is None:
-            start = {"torch": torch.get_rng_state(),
-                     "gen": None if self.loader.generator is None else self.loader.generator.get_state()}
-            self.it = iter(self.loader)
-        else:  # replay the epoch's start from its RNG states, then restore the current ones
-            now = torch.get_rng_state()
-            torch.set_rng_state(start["torch"])
-            if start["gen"] is not None and self.loader.generator is not None:
-                self.loader.generator.set_state(start["gen"])
-            self.it = iter(self.loader)
-            torch.set_rng_state(now)
-        self.start = start
+        self.it = iter(self.loader)
+        try:
+            self.first = next(self.it)
+        except StopIteration:
+            raise ValueError("GANTrainer.fit: argument 'data' is an empty DataLoader") from None
+
+    def _new_epoch(self):
+        self.start = {"torch": torch.get_rng_state(),
+                      "gen": None if self.loader.generator is None else self.loader.generator.get_state()}
+        self.consumed = 0
+        self._open()
 
     def __iter__(self):
         return self
@@ -99,16 +102,15 @@ class LoaderBatches:
     def __next__(self):
         if self.it is None:
             self._new_epoch()
-        try:
-            b = next(self.it)
-        except StopIteration:
-            self.epoch += 1
-            self.consumed = 0
-            self._new_epoch()
+        if self.first is not None:
+            b, self.first = self.first, None
+        else:
             try:
                 b = next(self.it)
             except StopIteration:
-                raise ValueError("GANTrainer.fit: argument 'data' is an empty DataLoader") from None
+                self.epoch += 1
+                self._new_epoch()
+                b, self.first = self.first, None
         self.consumed += 1
         return _prep(_first(b), self.device, self.cl)
 
@@ -122,10 +124,20 @@ class LoaderBatches:
         self.epoch = int(s["epoch"])
         if s.get("start") is None:
             return
-        self._new_epoch(s["start"])
-        for _ in range(int(s["consumed"])):
-            next(self.it)
-        self.consumed = int(s["consumed"])
+        now = torch.get_rng_state()
+        torch.set_rng_state(s["start"]["torch"])
+        if s["start"]["gen"] is not None and self.loader.generator is not None:
+            self.loader.generator.set_state(s["start"]["gen"])
+        self._open()
+        self.start, self.consumed = s["start"], int(s["consumed"])
+        try:
+            if self.consumed:
+                self.first = None
+                for _ in range(self.consumed - 1):
+                    next(self.it)
+        except StopIteration:
+            self.it = iter(())  # that epoch was complete: the next call opens a new one
+        torch.set_rng_state(now)  # (the loader's own generator is left where the replay put it)
 
 
 def make_batches(data, batch_size, *, device, channels_last=False, seed=0, rank=0, world=1, state=None):

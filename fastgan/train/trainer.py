@@ -457,6 +457,8 @@ class GANTrainer:
         data order and every RNG, as tensors and plain data."""
         from .. import models
         kind = models.kind_of(self.generator)
+        if kind != models.kind_of(self.discriminator):
+            kind = None
         rng = _rng_state()
         if self.world > 1:
             allr = [None] * self.world
