@@ -125,8 +125,37 @@ if WITH_CUDA:
         nvcc_flags.append(f"--threads={os.environ['NVCC_THREADS']}")
     extra["nvcc"] = nvcc_flags
 
+
+
+def library_headers_missing_from_toolkit():
+    """A folder of links to the CUDA library headers (cuBLAS, cuSPARSE, cuDNN, ...) that ATen's CUDA
+    headers include but a minimal toolkit lacks, taken from the nvidia-* wheels that the CUDA build
+    of torch depends on. Only headers absent from CUDA_HOME/include are linked, so nothing of the
+    toolkit is shadowed."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    have = set(os.listdir(os.path.join(cuda_home, "include")))
+    out = os.path.join("build", "cuda_library_headers")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    for pkg_dir in list(nvidia.__path__):
+        for inc in sorted(glob.glob(os.path.join(pkg_dir, "*", "include"))):
+            for name in os.listdir(inc):
+                dst = os.path.join(out, name)
+                if name not in have and not os.path.lexists(dst):
+                    os.symlink(os.path.join(inc, name), dst)
+    return os.path.abspath(out)
+
+
+include_dirs = [os.path.join(ROOT, "csrc")]
+if WITH_CUDA:
+    extra_headers = library_headers_missing_from_toolkit()
+    if extra_headers:
+        include_dirs.append(extra_headers)
 Ext = CUDAExtension if WITH_CUDA else CppExtension
-ext = Ext("fastgan._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], extra_compile_args=extra)
+ext = Ext("fastgan._C", sources, include_dirs=include_dirs, extra_compile_args=extra)
 
 # Build facts read by `import fastgan` *before* loading the binary (a mismatched torch would fail
 # to load it with an unreadable undefined-symbol error).

@@ -210,6 +210,7 @@ def test_corrupt_and_foreign_checkpoints(digits16, tmp_path):
     with pytest.warns(RuntimeWarning, match="skipping .*ckpt-00000004"):
         assert r.load_latest(out).endswith("ckpt-00000002.pt")
     assert r.step == 2
+    assert os.path.exists(newest + ".corrupt") and not os.path.exists(newest)  # moved out of the way
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(1000))
     with pytest.raises(CheckpointError, match="junk.pt"):

@@ -103,12 +103,20 @@ def prune(directory: str, keep: int):
                 pass
 
 
-def latest_good(directory: str):
+def latest_good(directory: str, *, quarantine: bool = False):
     """(path, checkpoint) of the newest readable checkpoint in `directory`, or (None, None).
-    Unreadable ones are reported with a warning and skipped."""
+    Unreadable ones are reported with a warning and skipped; with `quarantine` they are renamed
+    to `<name>.corrupt` (kept for inspection, out of the way of the run that continues)."""
     for _, p in reversed(list_checkpoints(directory)):
         try:
             return p, read(p)
+        except FileNotFoundError:  # moved away meanwhile (another process quarantined it)
+            continue
         except CheckpointError as e:
             warnings.warn(f"skipping {e}", RuntimeWarning, stacklevel=2)
+            if quarantine:
+                try:
+                    os.replace(p, p + ".corrupt")
+                except OSError:
+                    pass
     return None, None

@@ -498,9 +498,9 @@ class GANTrainer:
         return self
 
     def load_latest(self, out_dir: str):
-        """Resume from the newest readable checkpoint under out_dir/checkpoints (skipping corrupt
-        ones with a warning). Returns its path, or None when there is none."""
-        path, ck = ckpt.latest_good(os.path.join(out_dir, "checkpoints"))
+        """Resume from the newest readable checkpoint under out_dir/checkpoints; unreadable newer
+        ones are renamed to *.corrupt with a warning. Returns its path, or None when there is none."""
+        path, ck = ckpt.latest_good(os.path.join(out_dir, "checkpoints"), quarantine=self.is_main)
         if ck is not None:
             self.load_state_dict(ck, source=path)
         return path
