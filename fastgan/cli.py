@@ -96,14 +96,17 @@ def _cmd_train(args) -> int:
         width = args.width or 128
         G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
         D = models.MLPDiscriminator(ds.x.shape[1], width)
-    steps = args.steps or (1500 if model == "dcgan" else 3000)
+    steps = args.steps if args.steps is not None else (1000 if model == "dcgan" else 3000)
+    r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if model == "dcgan" or args.gp_weight else 0.1)
+    ema = args.ema_decay if args.ema_decay is not None else (0.99 if model == "dcgan" else 0.0)
+    ema = ema or None
     lr = args.lr or (2e-4 if model == "dcgan" else 1e-3)
     batch = args.batch_size or (64 if model == "dcgan" else 100)
     out = args.out or _default_out(args.data, model, args.resume)
     try:
         tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr, lr_d=lr,
-                        r1_gamma=args.r1_gamma, r1_every=args.r1_every, gp_weight=args.gp_weight,
-                        ema_decay=args.ema_decay, amp=args.amp, device=args.device, seed=args.seed,
+                        r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
+                        ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
                         compile=args.compile)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--model", choices=("dcgan", "mlp"), default=None,
                     help="dcgan for images, mlp for 2-D points (default: from the data)")
     pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
-    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 1500 dcgan, 3000 mlp)")
+    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 1000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
     pt.add_argument("--image-size", type=int, default=None, help="16, 32, 64 or 128 (default: 32 for digits)")
     pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128)")
@@ -231,11 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--checkpoint-every", type=int, default=500)
     pt.add_argument("--sample-every", type=int, default=250, help="samples, metric and curves every K steps")
     pt.add_argument("--log-every", type=int, default=25)
-    pt.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty weight (0: off)")
+    pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, off dcgan)")
     pt.add_argument("--r1-every", type=int, default=1, help="lazy R1: every K steps, scaled by K")
     pt.add_argument("--gp-weight", type=float, default=0.0, help="WGAN-GP weight (0: off)")
     pt.add_argument("--d-steps", type=int, default=1, help="discriminator updates per generator update")
-    pt.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the generator (e.g. 0.999)")
+    pt.add_argument("--ema-decay", type=float, default=None,
+                    help="EMA of the generator for samples (default: 0.99 dcgan, off mlp; 0: off)")
     pt.add_argument("--compile", action="store_true", help="torch.compile both networks")
     pt.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")

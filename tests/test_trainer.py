@@ -350,18 +350,17 @@ def test_bad_arguments(digits16):
     assert isinstance(t.opt_d, torch.optim.SGD)
 
 
-def test_ring8_converges(tmp_path):
-    """Mode coverage on ring8 with the defaults of `fastgan train --data ring8` (seed 0)."""
+def test_ring8_converges():
+    """Mode coverage on ring8 with the settings of `fastgan train --data ring8` (NS loss, R1 0.1,
+    Adam 1e-3, batch 100, seed 0), shortened to 2,000 steps: all 8 modes, most samples within 3 std.
+    (PacGAN's plain-GAN row: 6.3 of 8 modes.)"""
     from fastgan.train.metrics import mixture_metrics
     ds = load_dataset("ring8")
     torch.manual_seed(0)
     t = GANTrainer(models.MLPGenerator(2, 2, 128), models.MLPDiscriminator(2, 128), z_dim=2, lr_g=1e-3, lr_d=1e-3,
-                   ema_decay=0.999, seed=0)
-    t.fit(ds, RING_STEPS, 100, progress=False)
+                   r1_gamma=0.1, seed=0)
+    t.fit(ds, 2000, 100, progress=False)
     m = mixture_metrics(t.sample(2500, z=torch.randn(2500, 2, generator=torch.Generator().manual_seed(7))),
                         ds.modes, ds.mode_std)
     assert m["modes"] >= 7, m
-    assert m["high_quality"] >= 50, m
-
-
-RING_STEPS = 3000
+    assert m["high_quality"] >= 60, m
