@@ -77,6 +77,7 @@ def _cmd_train(args) -> int:
     except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
         raise CLIError(f"--data: {e}") from None
     model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
+    torch.manual_seed(args.seed)  # the initial weights follow --seed too
     if model == "dcgan":
         if ds.kind != "image":
             raise CLIError(f"--model dcgan needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "

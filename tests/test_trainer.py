@@ -3,7 +3,6 @@ pruned, corrupt, foreign, unsafe), the non-finite guard, signals, and bad argume
 import json
 import os
 import signal
-import warnings
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 float32 images in [-1, 1] with shape (N, C, H, W) (or points (N, D)), and labels when the source
 has them. No downloads: `digits` ships with scikit-learn, the mixtures are generated."""
 import gzip
-import io
 import math
 import os
 import pickle

@@ -3,7 +3,6 @@ fastgan's fused losses, and the machinery a week-long run needs: atomic checkpoi
 (exact resume), a guard against non-finite losses, signals, AMP, EMA, torch.compile and DDP."""
 import copy
 import json
-
 import os
 import random
 import signal
