@@ -65,6 +65,8 @@ def _cmd_train(args) -> int:
             raise CLIError(f"--device: not a device: {args.device!r}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise CLIError(f"--device {args.device}: no CUDA device is available here")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
     # data: the image size is only known once the data is (for digits: 8x8 -> 32x32)
     try:
         if args.data in fdata.BUILTIN and args.data != "digits":

@@ -111,6 +111,9 @@ class GANTrainer:
             raise ValueError(f"GANTrainer: argument 'device' is not a device: {device!r}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"GANTrainer: argument 'device' is {device!r} but no CUDA device is available")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"GANTrainer: argument 'device' is {device!r} but there are only "
+                             f"{torch.cuda.device_count()} CUDA devices")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.is_main = self.rank == 0
