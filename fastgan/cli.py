@@ -1,6 +1,8 @@
-"""The `fastgan` command line: info (build facts), bench (op ratio tables)."""
+"""The `fastgan` command line: train (a GAN, with samples, curves, checkpoints), sample (images
+from a checkpoint), info (build facts), bench (op ratio tables)."""
 import argparse
 import json
+import os
 import sys
 
 
@@ -25,6 +27,180 @@ def _cmd_bench(args) -> int:
                       families=args.only.split(",") if args.only else None, md_path=args.markdown)
 
 
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _default_out(data: str, model: str, resume: bool) -> str:
+    """runs/<data>-<model>[-k]: a fresh folder, or with --resume the newest existing one."""
+    base = os.path.join("runs", f"{os.path.basename(os.path.normpath(data)) or 'data'}-{model}")
+    cands = [base] + [f"{base}-{k}" for k in range(2, 1000)]
+    existing = [c for c in cands if os.path.exists(c)]
+    if resume:
+        return existing[-1] if existing else base
+    return next(c for c in cands if not os.path.exists(c) or not os.listdir(c))
+
+
+def _pick_size(native: int, wanted) -> int:
+    from fastgan.models import IMAGE_SIZES
+    if wanted is not None:
+        if wanted not in IMAGE_SIZES:
+            raise CLIError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} for the DCGAN, got {wanted}")
+        return wanted
+    return next((s for s in IMAGE_SIZES if s >= native), IMAGE_SIZES[-1]) if native > 8 else 32
+
+
+def _cmd_train(args) -> int:
+    import torch
+    from fastgan import data as fdata
+    from fastgan import models
+    from fastgan.train import CheckpointError, GANTrainer, NonFiniteLossError
+    from fastgan.train import checkpoint as ckpt
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, TypeError):
+            raise CLIError(f"--device: not a device: {args.device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CLIError(f"--device {args.device}: no CUDA device is available here")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    # data: the image size is only known once the data is (for digits: 8x8 -> 32x32)
+    try:
+        if args.data in fdata.BUILTIN and args.data != "digits":
+            ds = fdata.load_dataset(args.data)
+        else:
+            probe = args.image_size
+            if probe is None and args.data == "digits":
+                probe = 32
+            ds = fdata.load_dataset(args.data, probe)
+    except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
+        raise CLIError(f"--data: {e}") from None
+    model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
+    torch.manual_seed(args.seed)  # the initial weights follow --seed too
+    if model == "dcgan":
+        if ds.kind != "image":
+            raise CLIError(f"--model dcgan needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "
+                           "(use --model mlp)")
+        size = _pick_size(ds.x.shape[-1], args.image_size)
+        if ds.x.shape[-1] != size:
+            ds.x = fdata.datasets._resize(ds.x, size)
+        z_dim = args.z_dim or 100
+        width = args.width or (32 if size <= 32 else 64)
+        G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
+        D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
+    else:
+        if ds.kind != "points":
+            raise CLIError(f"--model mlp needs 2-D points (ring8, grid25, an (N, D) array); --data {args.data} "
+                           "holds images (use --model dcgan)")
+        z_dim = args.z_dim or 2
+        width = args.width or 128
+        G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
+        D = models.MLPDiscriminator(ds.x.shape[1], width)
+    steps = args.steps if args.steps is not None else (1000 if model == "dcgan" else 3000)
+    r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if model == "dcgan" or args.gp_weight else 0.1)
+    ema = args.ema_decay if args.ema_decay is not None else (0.99 if model == "dcgan" else 0.0)
+    ema = ema or None
+    lr = args.lr or (2e-4 if model == "dcgan" else 1e-3)
+    batch = args.batch_size or (64 if model == "dcgan" else 100)
+    out = args.out or _default_out(args.data, model, args.resume)
+    try:
+        tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr, lr_d=lr,
+                        r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
+                        ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
+                        compile=args.compile)
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
+    main = tr.is_main
+    cdir = os.path.join(out, "checkpoints")
+    if args.resume:
+        path = tr.load_latest(out)
+        if path is None:
+            if main:
+                print(f"fastgan: --resume: no readable checkpoint under {cdir}; starting from step 0", flush=True)
+        elif main:
+            print(f"fastgan: resumed from {path} (step {tr.step})", flush=True)
+    elif ckpt.list_checkpoints(cdir):
+        raise CLIError(f"--out {out} already holds checkpoints: pass --resume to continue that run, "
+                       "or choose another --out")
+    if main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump({"data": args.data, "model": model, "steps": steps, "batch_size": batch,
+                       "width": width, "image_size": getattr(G, "config", {}).get("image_size"),
+                       "trainer": tr.config, "processes": tr.world}, f, indent=2)
+        print(f"fastgan: training {model} on {ds.name or args.data} ({len(ds)} samples, "
+              f"{'x'.join(map(str, ds.x.shape[1:]))}) on {tr.device}"
+              f"{f' x {tr.world} processes' if tr.world > 1 else ''} for {steps} steps, batch {batch}, "
+              f"loss {args.loss}; writing to {out}/", flush=True)
+    try:
+        tr.fit(ds, steps, batch, out_dir=out, log_every=args.log_every, sample_every=args.sample_every,
+               checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    except NonFiniteLossError as e:
+        sys.stderr.write(f"fastgan: error: {e}\n")
+        return 1
+    except (ValueError, TypeError, CheckpointError) as e:
+        raise CLIError(str(e)) from None
+    if tr.interrupted:
+        import signal
+        if main:
+            print(f"fastgan: stopped by {signal.Signals(tr.interrupted).name} at step {tr.step}; checkpoint in "
+                  f"{cdir}/; continue with: fastgan train --resume --out {out} ...", flush=True)
+        return 128 + int(tr.interrupted)
+    if main:
+        last = [r for r in tr.history if "eval" in r]
+        summary = ""
+        if last:
+            summary = "  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in last[-1]["eval"].items())
+        print(f"fastgan: done: step {tr.step}{summary}\n  samples {out}/samples.png  curves {out}/curves.png  "
+              f"metrics {out}/metrics.jsonl  checkpoints {cdir}/", flush=True)
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import torch
+    from fastgan import models
+    from fastgan.train import CheckpointError
+    from fastgan.train import checkpoint as ckpt
+    from fastgan.train.report import save_samples
+
+    path = args.checkpoint
+    if os.path.isdir(path):  # a run folder or its checkpoints/ folder: the newest readable one
+        d = path if ckpt.list_checkpoints(path) else os.path.join(path, "checkpoints")
+        path, _ = ckpt.latest_good(d)
+        if path is None:
+            raise CLIError(f"--checkpoint {args.checkpoint}: no readable checkpoint in that folder")
+    try:
+        ck = ckpt.read(path)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise CLIError(f"--checkpoint: {e}") from None
+    meta = ck.get("models")
+    if not meta:
+        raise CLIError(f"--checkpoint {path}: it does not record a fastgan.models architecture (a custom model); "
+                       "sample with GANTrainer.sample in Python")
+    G, _ = models.build(meta["kind"], meta["generator"], meta["discriminator"])
+    state = ck["ema"] if (ck.get("ema") is not None and not args.no_ema) else ck["generator"]
+    G.load_state_dict(state)
+    G.eval()
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    g = torch.Generator().manual_seed(args.seed)
+    z = torch.randn(args.n, ck["config"]["z_dim"], generator=g)
+    with torch.no_grad():
+        x = torch.cat([G(z[i:i + 500]) for i in range(0, args.n, 500)])
+    d = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(d, exist_ok=True)
+    save_samples(x, args.out, title=f"{os.path.basename(path)}")
+    if args.save_tensor:
+        torch.save(x, args.save_tensor)
+    print(f"fastgan: {args.n} samples from {path} (step {ck['step']}) -> {args.out}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump, exit 2
         sys.stderr.write(f"fastgan: error: {message}\n")
@@ -42,6 +218,45 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--json", default=None, help="also write the results to this JSON file")
     pb.add_argument("--markdown", default=None, help="also write a markdown table to this file")
     pb.add_argument("--only", default=None, help="comma-separated op families (default: all)")
+
+    pt = sub.add_parser("train", help="train a GAN; writes samples, curves, metrics and checkpoints",
+                        description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
+    pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
+                    "CIFAR batches, .npy/.npz) (default: digits)")
+    pt.add_argument("--model", choices=("dcgan", "mlp"), default=None,
+                    help="dcgan for images, mlp for 2-D points (default: from the data)")
+    pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
+    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 1000 dcgan, 3000 mlp)")
+    pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
+    pt.add_argument("--image-size", type=int, default=None, help="16, 32, 64 or 128 (default: 32 for digits)")
+    pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128)")
+    pt.add_argument("--z-dim", type=int, default=None, help="noise size (default: 100 dcgan, 2 mlp)")
+    pt.add_argument("--lr", type=float, default=None, help="Adam learning rate of both (default: 2e-4 dcgan, 1e-3 mlp)")
+    pt.add_argument("--out", default=None, help="run folder (default: runs/<data>-<model>[-k])")
+    pt.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
+    pt.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
+    pt.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--checkpoint-every", type=int, default=500)
+    pt.add_argument("--sample-every", type=int, default=250, help="samples, metric and curves every K steps")
+    pt.add_argument("--log-every", type=int, default=25)
+    pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, off dcgan)")
+    pt.add_argument("--r1-every", type=int, default=1, help="lazy R1: every K steps, scaled by K")
+    pt.add_argument("--gp-weight", type=float, default=0.0, help="WGAN-GP weight (0: off)")
+    pt.add_argument("--d-steps", type=int, default=1, help="discriminator updates per generator update")
+    pt.add_argument("--ema-decay", type=float, default=None,
+                    help="EMA of the generator for samples (default: 0.99 dcgan, off mlp; 0: off)")
+    pt.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    pt.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ps = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG")
+    ps.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (newest checkpoint)")
+    ps.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    ps.add_argument("--out", default="samples.png", help="the PNG to write")
+    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
+    ps.add_argument("--save-tensor", default=None, help="also torch.save the samples to this file")
     return p
 
 
@@ -51,5 +266,14 @@ def main(argv=None) -> int:
         return _cmd_info(args)
     if args.cmd == "bench":
         return _cmd_bench(args)
+    if args.cmd in ("train", "sample"):
+        try:
+            return _cmd_train(args) if args.cmd == "train" else _cmd_sample(args)
+        except CLIError as e:
+            sys.stderr.write(f"fastgan {args.cmd}: error: {e}\n")
+            return 2
+        except KeyboardInterrupt:
+            sys.stderr.write("fastgan: interrupted\n")
+            return 130
     build_parser().print_help()
     return 0

@@ -1,0 +1,176 @@
+"""An endless stream of training batches whose position can be saved and restored exactly.
+
+Tensors and in-memory datasets are indexed with the trainer's own permutation (shared by all
+processes, each taking its shard of every global batch); Datasets are collated item by item;
+DataLoaders are replayed from the RNG state they started their epoch with (skipping the batches
+already consumed), so a resumed run sees the same batches as an uninterrupted one.
+"""
+import warnings
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def _first(item):
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _prep(x, device, channels_last):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"GANTrainer.fit: argument 'data' yields {type(x).__name__}, expected tensors "
+                        "(or (tensor, label) pairs)")
+    x = x.to(device, non_blocking=True)
+    if not x.is_floating_point():
+        raise TypeError(f"GANTrainer.fit: argument 'data' yields {x.dtype} tensors; expected floating point "
+                        "(scale images to [-1, 1])")
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class IndexBatches:
+    """Batches of `source` (a tensor, or a Dataset indexed item by item) in shuffled epochs."""
+
+    def __init__(self, source, n, batch_size, *, device, channels_last, seed, rank, world):
+        if n < batch_size * world:
+            raise ValueError(f"GANTrainer.fit: argument 'batch_size' ({batch_size}"
+                             f"{f' x {world} processes' if world > 1 else ''}) exceeds the {n} samples of 'data'")
+        self.source, self.n, self.bs = source, n, batch_size
+        self.device, self.cl, self.rank, self.world = device, channels_last, rank, world
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm, self.pos, self.epoch = None, 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        g = self.bs * self.world
+        if self.perm is None or self.pos + g > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+            self.epoch += 1
+        idx = self.perm[self.pos:self.pos + g][self.rank::self.world]
+        self.pos += g
+        if isinstance(self.source, torch.Tensor):
+            x = self.source[idx.to(self.source.device)]
+        else:
+            x = torch.stack([_first(self.source[int(i)]) for i in idx])
+        return _prep(x, self.device, self.cl)
+
+    def state_dict(self):
+        return {"kind": "index", "gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos,
+                "epoch": self.epoch, "batch_size": self.bs, "n": self.n, "world": self.world}
+
+    def load_state_dict(self, s):
+        if s.get("kind") != "index" or s.get("n") != self.n:
+            warnings.warn("the saved data position does not fit this data; starting a new epoch order")
+            return
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos, self.epoch = s["perm"], int(s["pos"]), int(s["epoch"])
+
+
+class LoaderBatches:
+    """Batches from a DataLoader, epoch after epoch; restorable (see the module docstring).
+
+    A DataLoader draws from the global torch RNG when its iterator is created (worker seeds) and
+    when its first batch is fetched (a RandomSampler's seed): each epoch therefore opens with
+    both at once, after recording the RNG state that a resumed run replays."""
+
+    def __init__(self, loader: DataLoader, *, device, channels_last):
+        self.loader, self.device, self.cl = loader, device, channels_last
+        self.it, self.first, self.consumed, self.epoch, self.start = None, None, 0, 0, None
+
+    def _open(self):
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        self.it = iter(self.loader)
+        try:
+            self.first = next(self.it)
+        except StopIteration:
+            raise ValueError("GANTrainer.fit: argument 'data' is an empty DataLoader") from None
+
+    def _new_epoch(self):
+        self.start = {"torch": torch.get_rng_state(),
+                      "gen": None if self.loader.generator is None else self.loader.generator.get_state()}
+        self.consumed = 0
+        self._open()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.it is None:
+            self._new_epoch()
+        if self.first is not None:
+            b, self.first = self.first, None
+        else:
+            try:
+                b = next(self.it)
+            except StopIteration:
+                self.epoch += 1
+                self._new_epoch()
+                b, self.first = self.first, None
+        self.consumed += 1
+        return _prep(_first(b), self.device, self.cl)
+
+    def state_dict(self):
+        return {"kind": "loader", "epoch": self.epoch, "consumed": self.consumed, "start": self.start}
+
+    def load_state_dict(self, s):
+        if s.get("kind") != "loader":
+            warnings.warn("the saved data position does not fit this data; starting a new epoch")
+            return
+        self.epoch = int(s["epoch"])
+        if s.get("start") is None:
+            return
+        now = torch.get_rng_state()
+        torch.set_rng_state(s["start"]["torch"])
+        if s["start"]["gen"] is not None and self.loader.generator is not None:
+            self.loader.generator.set_state(s["start"]["gen"])
+        self._open()
+        self.start, self.consumed = s["start"], int(s["consumed"])
+        try:
+            if self.consumed:
+                self.first = None
+                for _ in range(self.consumed - 1):
+                    next(self.it)
+        except StopIteration:
+            self.it = iter(())  # that epoch was complete: the next call opens a new one
+        torch.set_rng_state(now)  # (the loader's own generator is left where the replay put it)
+
+
+def make_batches(data, batch_size, *, device, channels_last=False, seed=0, rank=0, world=1, state=None):
+    """The batch stream for GANTrainer.fit; `state` is a previous stream's state_dict()."""
+    if isinstance(data, DataLoader):
+        if world > 1 and not isinstance(data.sampler, torch.utils.data.distributed.DistributedSampler):
+            raise ValueError("GANTrainer.fit: under torchrun a DataLoader 'data' needs a DistributedSampler "
+                             "(or pass the Dataset / tensor and the trainer shards it)")
+        b = LoaderBatches(data, device=device, channels_last=channels_last)
+    elif isinstance(data, torch.Tensor):
+        if data.dim() < 2 or data.shape[0] == 0:
+            raise ValueError(f"GANTrainer.fit: argument 'data' must be a tensor of samples (N, ...), got shape "
+                             f"{tuple(data.shape)}")
+        src = data
+        if device.type == "cuda" and data.device.type == "cpu" and data.numel() * data.element_size() < 2 ** 31:
+            src = data.to(device)
+        b = IndexBatches(src, data.shape[0], batch_size, device=device, channels_last=channels_last, seed=seed,
+                         rank=rank, world=world)
+    elif isinstance(data, Dataset):
+        x = getattr(data, "x", None)
+        src = x if isinstance(x, torch.Tensor) and len(data) == x.shape[0] else data
+        if src is data and hasattr(data, "tensors") and isinstance(data.tensors[0], torch.Tensor):
+            src = data.tensors[0]  # TensorDataset
+        if isinstance(src, torch.Tensor) and device.type == "cuda" and src.numel() * src.element_size() < 2 ** 31:
+            src = src.to(device)
+        n = len(data)
+        if n == 0:
+            raise ValueError("GANTrainer.fit: argument 'data' is an empty Dataset")
+        b = IndexBatches(src, n, batch_size, device=device, channels_last=channels_last, seed=seed, rank=rank,
+                         world=world)
+    else:
+        raise TypeError(f"GANTrainer.fit: argument 'data' must be a tensor, a Dataset or a DataLoader, "
+                        f"got {type(data).__name__}")
+    if state is not None:
+        b.load_state_dict(state)
+    return b

@@ -1,0 +1,145 @@
+"""Sample-quality metrics: mode coverage for 2-D Gaussian mixtures, and for labelled image data a
+Fréchet distance in the feature space of a small classifier trained on the dataset itself (cached)
+plus class coverage. Evaluation never touches the global RNGs (training stays reproducible)."""
+import hashlib
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mixture_metrics(samples: torch.Tensor, modes: torch.Tensor, std: float, *, threshold: float = 3.0,
+                    min_count: int = 20) -> dict:
+    """Mode coverage of 2-D samples against a Gaussian mixture (VEEGAN/PacGAN protocol).
+
+    A sample is high quality if it lies within `threshold` std of its nearest mode; a mode is
+    covered when at least `min_count` high-quality samples are nearest to it.
+    Returns {"modes": covered count, "modes_total": K, "high_quality": percent of samples}.
+    """
+    x = samples.detach().double().cpu()
+    m = modes.double().cpu()
+    d = torch.cdist(x, m)
+    dist, k = d.min(1)
+    good = dist <= threshold * std
+    counts = torch.bincount(k[good], minlength=m.shape[0])
+    return {"modes": int((counts >= min_count).sum()), "modes_total": int(m.shape[0]),
+            "high_quality": 100.0 * float(good.double().mean()) if len(x) else 0.0}
+
+
+def frechet_distance(mu1, s1, mu2, s2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), with the trace of the root from eigenvalues."""
+    mu1, mu2, s1, s2 = (np.asarray(a, np.float64) for a in (mu1, mu2, s1, s2))
+    w, v = np.linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr)
+
+
+class FeatureNet(nn.Module):
+    """A small CNN classifier on 16x16 inputs (larger images are average-pooled down: cheap enough
+    to train in seconds on a CPU); its pooled 128-d features define the Fréchet distance."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(32, 64, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 3, 2, 1), nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        if x.shape[-1] > 16 or x.shape[-2] > 16:
+            x = F.adaptive_avg_pool2d(x, 16)
+        f = self.features(x)
+        return f, self.head(f)
+
+
+def cache_dir() -> str:
+    d = os.environ.get("FASTGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastgan")
+    return d
+
+
+def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha1(f"featurenet-v2 {tuple(x.shape)} {int(y.max()) + 1}".encode())
+    step = max(1, x.shape[0] // 4096)
+    h.update(x[::step].contiguous().float().numpy().tobytes())
+    h.update(y.numpy().astype(np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_feature_net(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, batch_size: int = 64,
+                      seed: int = 0, cache: bool = True) -> FeatureNet:
+    """Train (or load from the cache) the classifier for images x (N, C, H, W) with labels y."""
+    x, y = x.detach().cpu().float(), y.detach().cpu().long()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = FeatureNet(x.shape[1], int(y.max()) + 1)
+    path = os.path.join(cache_dir(), f"featurenet-{_fingerprint(x, y)}.pt")
+    if cache and os.path.exists(path):
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return net.eval()
+        except Exception:  # noqa: BLE001  (a broken cache entry is retrained)
+            pass
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(net.parameters(), 2e-3)
+        net.train()
+        for _ in range(steps):
+            i = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=g)
+            xb = x[i] + 0.05 * torch.randn(x[i].shape, generator=g)  # a little noise: smoother features
+            loss = F.cross_entropy(net(xb)[1], y[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    if cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, path)
+    return net
+
+
+@torch.no_grad()
+def _features(net, x, batch=500):
+    fs, ps = [], []
+    for i in range(0, x.shape[0], batch):
+        f, logits = net(x[i:i + batch].float())
+        fs.append(f.double())
+        ps.append(logits.argmax(1))
+    return torch.cat(fs).numpy(), torch.cat(ps)
+
+
+class ImageEvaluator:
+    """Fréchet distance and class coverage of generated images against a labelled dataset."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, n_real: int = 2000, seed: int = 0):
+        self.net = train_feature_net(x, y, seed=seed)
+        self.num_classes = int(y.max()) + 1
+        step = max(1, x.shape[0] // n_real)
+        f, pred = _features(self.net, x.cpu()[::step])
+        self.mu, self.sigma = f.mean(0), np.cov(f, rowvar=False)
+        self.accuracy = float((pred == y.cpu()[::step]).double().mean())
+
+    def __call__(self, fake: torch.Tensor) -> dict:
+        """{"fd": Fréchet distance, "classes": classes covered}; a class is covered when it gets at
+        least 10% of its fair share (n / num_classes) of the samples' predicted labels."""
+        f, pred = _features(self.net, fake.detach().cpu())
+        fd = frechet_distance(f.mean(0), np.cov(f, rowvar=False), self.mu, self.sigma)
+        counts = torch.bincount(pred, minlength=self.num_classes)
+        covered = int((counts >= 0.1 * len(pred) / self.num_classes).sum())
+        return {"fd": fd, "classes": covered, "classes_total": self.num_classes}
+
+
+def evaluator_for(dataset):
+    """The metric function for a fastgan.data.GANDataset (None when none applies)."""
+    modes = getattr(dataset, "modes", None)
+    if modes is not None:
+        return lambda fake: mixture_metrics(fake, modes, dataset.mode_std)
+    y = getattr(dataset, "y", None)
+    if getattr(dataset, "kind", None) == "image" and y is not None and int(y.max()) >= 1:
+        return ImageEvaluator(dataset.x, y)
+    return None

@@ -1,0 +1,85 @@
+"""Pictures of a run: sample grids (PIL) and training curves (matplotlib, Agg backend)."""
+import math
+import os
+
+import numpy as np
+import torch
+
+
+def _atomic_save(save, path: str):
+    tmp = f"{path}.{os.getpid()}.tmp{os.path.splitext(path)[1]}"
+    save(tmp)
+    os.replace(tmp, path)
+
+
+def save_image_grid(images: torch.Tensor, path: str, nrow=None, pad: int = 2):
+    """(N, C, H, W) images in [-1, 1] -> one PNG grid."""
+    from PIL import Image
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    n, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = \
+            x[i].permute(1, 2, 0).numpy()
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid[..., :3])
+    _atomic_save(lambda p: img.save(p, format="PNG"), path)
+
+
+def save_points(points: torch.Tensor, path: str, modes=None, title: str = ""):
+    """Scatter plot of 2-D samples (and the true modes) to a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    p = points.detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, label="samples")
+    if modes is not None:
+        m = modes.cpu().numpy()
+        ax.scatter(m[:, 0], m[:, 1], s=30, marker="x", c="red", label="modes")
+        r = float(np.abs(m).max()) * 1.4 + 0.1
+        ax.set_xlim(-r, r)
+        ax.set_ylim(-r, r)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _atomic_save(lambda q: fig.savefig(q, format="png"), path)
+    plt.close(fig)
+
+
+def save_samples(x: torch.Tensor, path: str, modes=None, title: str = ""):
+    if x.dim() == 4:
+        save_image_grid(x, path)
+    else:
+        save_points(x, path, modes, title)
+
+
+def plot_curves(history, path: str):
+    """Losses, D(x) / D(G(z)) and the sample metric against the step, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    logs = [r for r in history if "d_loss" in r]
+    evals = [r for r in history if "eval" in r]
+    metric = next((k for k in ("fd", "modes") if evals and k in evals[-1]["eval"]), None)
+    fig, axes = plt.subplots(1, 3 if metric else 2, figsize=(12 if metric else 8, 3.2), dpi=100)
+    s = [r["step"] for r in logs]
+    axes[0].plot(s, [r["d_loss"] for r in logs], label="D loss")
+    axes[0].plot(s, [r["g_loss"] for r in logs], label="G loss")
+    axes[0].set_title("losses")
+    axes[1].plot(s, [r["d_real"] for r in logs], label="D(x)")
+    axes[1].plot(s, [r["d_fake"] for r in logs], label="D(G(z))")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("discriminator outputs (sigmoid)")
+    if metric:
+        axes[2].plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], marker="o")
+        axes[2].set_title({"fd": "Fréchet distance (classifier features)", "modes": "modes covered"}[metric])
+    for ax in axes:
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic_save(lambda q: fig.savefig(q, format="png"), path)
+    plt.close(fig)

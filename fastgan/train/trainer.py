@@ -1,0 +1,569 @@
+"""GANTrainer: the alternating updates of the GAN paper (discriminator first, then generator) with
+fastgan's fused losses, and the machinery a week-long run needs: atomic checkpoints with every RNG
+(exact resume), a guard against non-finite losses, signals, AMP, EMA, torch.compile and DDP."""
+import copy
+import json
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import ops
+from . import checkpoint as ckpt
+from .data import make_batches
+
+LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
+_STATS = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "gp")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss (without an fp16 scaler to skip the step)."""
+
+
+def _unwrap(m):
+    m = getattr(m, "_orig_mod", m)
+    return getattr(m, "module", m)
+
+
+def _check_pos(name, v, *, allow_zero=False, kind=(int,)):
+    ok = isinstance(v, kind) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+    if not ok:
+        raise ValueError(f"GANTrainer: argument '{name}' must be a {'non-negative' if allow_zero else 'positive'} "
+                         f"number, got {v!r}")
+
+
+class GANTrainer:
+    """Trains `generator` (z (N, z_dim) -> sample) against `discriminator` (sample -> logits).
+
+    Each step: `d_steps` discriminator updates, each on a real batch and a fresh fake batch (+ R1
+    every `r1_every` steps when `r1_gamma` > 0, or + WGAN-GP when `gp_weight` > 0), then one
+    generator update on the last fake batch (the discriminator frozen). `loss` is one of
+    ns, minimax, hinge, wgan, lsgan, rals (fastgan.ops.d_loss / g_loss).
+
+    Optimisers: Adam(lr, betas) by default; `g_optimizer` / `d_optimizer` may be an optimizer over
+    the model's parameters or a callable `params -> optimizer`.
+    amp: None, "bf16" or "fp16" (autocast; fp16 adds a GradScaler per network, whose skipped
+    steps are not errors). ema_decay: keep an exponential moving average of the generator.
+    compile: torch.compile the two networks. channels_last: default on for CUDA.
+    Under torchrun (WORLD_SIZE > 1) the process group is created (nccl on CUDA, gloo on CPU),
+    both networks are wrapped in DistributedDataParallel and the data is sharded; `batch_size`
+    is per process, and only rank 0 logs, samples and writes checkpoints.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *, z_dim: int, loss: str = "ns",
+                 d_steps: int = 1, lr_g: float = 2e-4, lr_d: float = 2e-4, betas=(0.5, 0.999),
+                 g_optimizer=None, d_optimizer=None, r1_gamma: float = 0.0, r1_every: int = 1,
+                 gp_weight: float = 0.0, ema_decay=None, amp=None, device=None, seed: int = 0,
+                 compile: bool = False, channels_last=None, keep_checkpoints: int = 3):
+        if not isinstance(generator, nn.Module):
+            raise TypeError(f"GANTrainer: argument 'generator' must be an nn.Module, got {type(generator).__name__}")
+        if not isinstance(discriminator, nn.Module):
+            raise TypeError("GANTrainer: argument 'discriminator' must be an nn.Module, "
+                            f"got {type(discriminator).__name__}")
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"GANTrainer: argument 'loss' must be one of {', '.join(LOSS_KINDS)}; got {loss!r}")
+        _check_pos("z_dim", z_dim)
+        _check_pos("d_steps", d_steps)
+        _check_pos("r1_every", r1_every)
+        _check_pos("keep_checkpoints", keep_checkpoints)
+        _check_pos("lr_g", lr_g, kind=(int, float))
+        _check_pos("lr_d", lr_d, kind=(int, float))
+        _check_pos("r1_gamma", r1_gamma, allow_zero=True, kind=(int, float))
+        _check_pos("gp_weight", gp_weight, allow_zero=True, kind=(int, float))
+        if r1_gamma > 0 and gp_weight > 0:
+            raise ValueError("GANTrainer: use one gradient penalty: 'r1_gamma' or 'gp_weight', not both")
+        if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0 <= ema_decay < 1):
+            raise ValueError(f"GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got {ema_decay!r}")
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"GANTrainer: argument 'amp' must be None, 'bf16' or 'fp16'; got {amp!r}")
+        self.z_dim, self.loss, self.d_steps = z_dim, loss, d_steps
+        self.r1_gamma, self.r1_every, self.gp_weight = float(r1_gamma), r1_every, float(gp_weight)
+        self.ema_decay, self.amp, self.seed, self.keep = ema_decay, amp, seed, keep_checkpoints
+        self.config = dict(z_dim=z_dim, loss=loss, d_steps=d_steps, lr_g=lr_g, lr_d=lr_d, betas=list(betas),
+                           r1_gamma=r1_gamma, r1_every=r1_every, gp_weight=gp_weight, ema_decay=ema_decay,
+                           amp=amp, seed=seed, compile=compile)
+
+        # ---- processes and device
+        self.world, self.rank, self.local_rank = 1, 0, 0
+        env_world = int(os.environ.get("WORLD_SIZE", "1"))
+        if env_world > 1 or (dist.is_available() and dist.is_initialized()):
+            self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            if device is None:
+                device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+            if not dist.is_initialized():
+                backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+                if backend == "nccl":
+                    torch.cuda.set_device(torch.device(device))
+                dist.init_process_group(backend)
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"GANTrainer: argument 'device' is not a device: {device!r}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"GANTrainer: argument 'device' is {device!r} but no CUDA device is available")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"GANTrainer: argument 'device' is {device!r} but there are only "
+                             f"{torch.cuda.device_count()} CUDA devices")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.is_main = self.rank == 0
+
+        # ---- RNGs: noise differs per process, data order is shared (then sharded)
+        torch.manual_seed(seed + self.rank)
+        np.random.seed(seed + self.rank)
+        random.seed(seed + self.rank)
+
+        # ---- models
+        self.generator = generator.to(self.device)
+        self.discriminator = discriminator.to(self.device)
+        conv = any(p.dim() == 4 for p in discriminator.parameters())
+        self.channels_last = (self.device.type == "cuda" and conv) if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.generator.to(memory_format=torch.channels_last)
+            self.discriminator.to(memory_format=torch.channels_last)
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        self.opt_g = self._optimizer(g_optimizer, self.generator, lr_g, betas, "g_optimizer")
+        self.opt_d = self._optimizer(d_optimizer, self.discriminator, lr_d, betas, "d_optimizer")
+        G, D = self.generator, self.discriminator
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            G = DDP(G, device_ids=ids)
+            D = DDP(D, device_ids=ids)
+        if compile:
+            G, D = torch.compile(G), torch.compile(D)
+        self._G, self._D = G, D
+
+        # ---- AMP
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+        self.scaler_g = self.scaler_d = None
+        if amp == "fp16":
+            self.scaler_g = torch.amp.GradScaler(self.device.type)
+            self.scaler_d = torch.amp.GradScaler(self.device.type)
+
+        # ---- state
+        self.step = 0
+        self.history = []
+        self.interrupted = None
+        self._data_state = None
+        self._bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
+        self._sums = torch.zeros(len(_STATS), device=self.device)
+        self._count = 0
+        g = torch.Generator(device="cpu").manual_seed(seed + 1_000_003)
+        self.fixed_z = torch.randn(64, z_dim, generator=g)
+
+    # ------------------------------------------------------------------------------------------
+    def _optimizer(self, opt, model, lr, betas, name):
+        if opt is None:
+            return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
+        if isinstance(opt, torch.optim.Optimizer):
+            ids = {id(p) for grp in opt.param_groups for p in grp["params"]}
+            if not ids <= {id(p) for p in model.parameters()}:
+                raise ValueError(f"GANTrainer: argument '{name}' optimises tensors that are not this model's "
+                                 "parameters (build it after the model, before the trainer moves it)")
+            return opt
+        if callable(opt):
+            return opt(model.parameters())
+        raise TypeError(f"GANTrainer: argument '{name}' must be an optimizer, a callable or None")
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _noise(self, n):
+        return torch.randn(n, self.z_dim, device=self.device)
+
+    def _backward_step(self, loss, opt, scaler):
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    def _train_step(self, batches):
+        G, D, kind = self._G, self._D, self.loss
+        zero = torch.zeros((), device=self.device)
+        r1 = gp = zero
+        fake = real_logits = None
+        for i in range(self.d_steps):
+            real = next(batches)
+            n = real.shape[0]
+            z = self._noise(n)
+            last = i == self.d_steps - 1
+            do_r1 = self.r1_gamma > 0 and self.step % self.r1_every == 0
+            with self._autocast():
+                if last:  # kept with its graph for the generator update
+                    fake = G(z)
+                else:
+                    with torch.no_grad():
+                        fake = G(z)
+                if do_r1:
+                    real = real.detach().requires_grad_(True)
+                real_logits = D(real)
+                fake_logits = D(fake.detach())
+            ld, st = ops.d_loss(real_logits.float(), fake_logits.float(), kind, return_stats=True)
+            total = ld
+            if do_r1:
+                r1 = ops.r1_penalty(real_logits.float(), real, gamma=self.r1_gamma)
+                total = total + r1 * self.r1_every
+            if self.gp_weight > 0:
+                with self._autocast():
+                    gp = ops.gradient_penalty(D, real.detach(), fake.detach(), weight=self.gp_weight)
+                gp = gp.float()
+                total = total + gp
+            self.opt_d.zero_grad(set_to_none=True)
+            self._backward_step(total, self.opt_d, self.scaler_d)
+
+        # generator update: D frozen (no weight gradients; under DDP no all-reduce of D either)
+        single = self.world == 1
+        if single:
+            self.discriminator.requires_grad_(False)
+        ctx = D.no_sync() if hasattr(D, "no_sync") else _null()
+        with ctx:
+            with self._autocast():
+                fl = D(fake)
+            lg = ops.g_loss(fl.float(), kind,
+                              real_logits=real_logits.detach().float() if kind == "rals" else None)
+            self.opt_g.zero_grad(set_to_none=True)
+            self._backward_step(lg, self.opt_g, self.scaler_g)
+        if single:
+            self.discriminator.requires_grad_(True)
+        if self.ema is not None:
+            self._update_ema()
+        self.step += 1
+
+        vals = torch.stack([ld.detach().float(), lg.detach().float(), st["d_real"].detach().float(),
+                            st["d_fake"].detach().float(), r1.detach().float(), gp.detach().float()])
+        self._sums += vals
+        self._count += 1
+        if self.scaler_g is None:
+            bad = ~torch.isfinite(vals).all()
+            self._bad = torch.where(bad & (self._bad < 0), torch.full_like(self._bad, self.step), self._bad)
+
+    @torch.no_grad()
+    def _update_ema(self):
+        g = self.generator
+        ep = [p for p in self.ema.parameters()]
+        gp = [p.detach() for p in g.parameters()]
+        if ep:
+            torch._foreach_lerp_(ep, gp, 1.0 - self.ema_decay)
+        for b_e, b_g in zip(self.ema.buffers(), g.buffers()):
+            b_e.copy_(b_g)
+
+    def _check_finite(self):
+        bad = int(self._bad.item())
+        if bad >= 0:
+            last = ckpt.list_checkpoints(self._ckpt_dir)[-1][1] if self._ckpt_dir and \
+                ckpt.list_checkpoints(self._ckpt_dir) else None
+            where = f"; the last good checkpoint, {last}, is untouched" if last else "; nothing was saved"
+            raise NonFiniteLossError(
+                f"non-finite loss (NaN or inf) at step {bad}: training stopped{where}. Lower the learning "
+                "rates, add a gradient penalty (r1_gamma / gp_weight), or use amp='fp16' whose scaler skips "
+                "such steps.")
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self, data, steps: int, batch_size: int = 64, *, out_dir=None, log_every: int = 50,
+            sample_every: int = 500, checkpoint_every: int = 1000, progress: bool = True, evaluator=None):
+        """Train until `self.step == steps` (a resumed trainer continues where it stopped).
+
+        data: a tensor of samples, a Dataset (items `x` or `(x, label)`) or a DataLoader.
+        out_dir: where metrics.jsonl, samples.png (fixed noise), curves.png and checkpoints/ go.
+        evaluator: a callable fake-samples -> dict of metrics run every `sample_every` steps;
+        by default chosen from a fastgan.data.GANDataset (mode coverage or Fréchet distance).
+        Returns the history (a list of dicts: one per log, and one per evaluation).
+        SIGINT / SIGTERM finish the current step, write a checkpoint and return (`self.interrupted`
+        holds the signal number).
+        """
+        _check_pos("steps", steps, allow_zero=True)
+        _check_pos("batch_size", batch_size)
+        for name, v in (("log_every", log_every), ("sample_every", sample_every),
+                        ("checkpoint_every", checkpoint_every)):
+            _check_pos(name, v)
+        self.interrupted = None
+        self._ckpt_dir = os.path.join(out_dir, "checkpoints") if out_dir else None
+        if out_dir and self.is_main:
+            os.makedirs(self._ckpt_dir, exist_ok=True)
+            ahead = [s for s, _ in ckpt.list_checkpoints(self._ckpt_dir) if s > self.step]
+            if ahead:
+                raise ValueError(f"GANTrainer.fit: argument 'out_dir' already holds a checkpoint at step {max(ahead)}, "
+                                 f"ahead of this trainer (step {self.step}): resume from it with "
+                                 "load_latest(out_dir), or use another out_dir")
+            with open(os.path.join(out_dir, "metrics.jsonl"), "w") as f:  # what this trainer has logged
+                for r in self.history:
+                    f.write(json.dumps(r) + "\n")
+        if evaluator is None and self.is_main and out_dir:
+            from .metrics import evaluator_for
+            with torch.random.fork_rng(devices=[]):  # building it must not move the training RNGs
+                evaluator = evaluator_for(data)
+        self._modes = getattr(data, "modes", None)
+        batches = make_batches(data, batch_size, device=self.device, channels_last=self.channels_last,
+                               seed=self.seed, rank=self.rank, world=self.world, state=self._data_state)
+        self._batches = batches
+        bar = None
+        if progress and self.is_main and self.step < steps:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True, leave=True)
+        stop = {"sig": None}
+        old = self._install_signals(stop)
+        t0, n0 = time.perf_counter(), self.step
+        try:
+            while self.step < steps:
+                self._G.train()
+                self._D.train()
+                self._train_step(batches)
+                if bar is not None:
+                    bar.update(1)
+                sig = self._agree_stop(stop["sig"])
+                final = self.step == steps or sig is not None
+                if self.step % log_every == 0 or final:
+                    rec = self._log(batch_size, t0, n0)
+                    t0, n0 = time.perf_counter(), self.step
+                    if bar is not None and rec:
+                        bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
+                                        Dx=f"{rec['d_real']:.2f}", DGz=f"{rec['d_fake']:.2f}",
+                                        img_s=f"{rec['img_per_s']:.0f}", refresh=False)
+                if out_dir and (self.step % sample_every == 0 or final):
+                    self._check_finite()
+                    self._samples_and_eval(out_dir, evaluator)
+                if out_dir and (self.step % checkpoint_every == 0 or final):
+                    self.save_checkpoint(ckpt.path_for(self._ckpt_dir, self.step))
+                if sig is not None:
+                    self.interrupted = sig
+                    break
+            self._check_finite()
+        finally:
+            self._restore_signals(old)
+            if bar is not None:
+                bar.close()
+            self._data_state = batches.state_dict()
+        if self.world > 1:
+            dist.barrier()
+        return self.history
+
+    def _log(self, batch_size, t0, n0):
+        if self._count == 0:
+            return None
+        s = (self._sums / self._count)
+        if self.world > 1:
+            dist.all_reduce(s)
+            s = s / self.world
+        vals = s.tolist()
+        dt = max(time.perf_counter() - t0, 1e-9)
+        rec = {"step": self.step, **{k: v for k, v in zip(_STATS, vals)},
+               "img_per_s": (self.step - n0) * batch_size * self.d_steps * self.world / dt,
+               "s_per_step": dt / max(self.step - n0, 1)}
+        if self.r1_gamma == 0:
+            rec.pop("r1")
+        if self.gp_weight == 0:
+            rec.pop("gp")
+        if self.scaler_d is not None:
+            rec["scale_d"], rec["scale_g"] = self.scaler_d.get_scale(), self.scaler_g.get_scale()
+        self._sums.zero_()
+        self._count = 0
+        if self.is_main:
+            self._record(rec)
+        return rec
+
+    def _record(self, rec):
+        self.history.append(rec)
+        if self._ckpt_dir:
+            with open(os.path.join(os.path.dirname(self._ckpt_dir), "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def _samples_and_eval(self, out_dir, evaluator):
+        if not self.is_main:
+            return
+        from .report import plot_curves, save_samples
+        z = self.fixed_z
+        fake = self.sample(len(z), z=z)
+        save_samples(fake, os.path.join(out_dir, "samples.png"), self._modes, title=f"step {self.step}")
+        if evaluator is not None:
+            n = 2500 if fake.dim() == 2 else 1000
+            g = torch.Generator(device="cpu").manual_seed(self.seed + 7)
+            many = self.sample(n, z=torch.randn(n, self.z_dim, generator=g))
+            if fake.dim() == 2:
+                save_samples(many, os.path.join(out_dir, "samples.png"), self._modes,
+                             title=f"step {self.step}")
+            res = evaluator(many)
+            self._record({"step": self.step, "eval": res})
+        plot_curves(self.history, os.path.join(out_dir, "curves.png"))
+
+    # ---- signals (main thread only) ----------------------------------------------------------
+    def _install_signals(self, stop):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if stop["sig"] is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            stop["sig"] = signum
+            if self.is_main:
+                name = signal.Signals(signum).name
+                print(f"\nfastgan: {name} received: finishing step {self.step + 1}, then saving a checkpoint "
+                      "and stopping (Ctrl-C again to abort now)", flush=True)
+
+        old = {}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+        return old
+
+    def _restore_signals(self, old):
+        for s, h in (old or {}).items():
+            signal.signal(s, h)
+
+    def _agree_stop(self, sig):
+        if self.world == 1:
+            return sig
+        t = torch.tensor([sig or 0], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        v = int(t.item())
+        return v or None
+
+    # ---- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, ema: bool = True, z=None, batch_size: int = 500) -> torch.Tensor:
+        """n samples on the CPU from the EMA generator (if any and `ema`), in eval mode.
+        Uses `z` (n, z_dim) when given, else fresh noise from the global RNG."""
+        model = self.ema if (ema and self.ema is not None) else self.generator
+        if z is None:
+            z = torch.randn(n, self.z_dim, device=self.device)
+        was = model.training
+        model.eval()
+        try:
+            out = []
+            for i in range(0, n, batch_size):
+                with self._autocast():
+                    out.append(model(z[i:i + batch_size].to(self.device)).float().cpu())
+        finally:
+            model.train(was)
+        return torch.cat(out)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-identically: models, optimizers, EMA, scalers, step,
+        data order and every RNG, as tensors and plain data."""
+        from .. import models
+        kind = models.kind_of(self.generator)
+        if kind != models.kind_of(self.discriminator):
+            kind = None
+        rng = _rng_state()
+        if self.world > 1:
+            allr = [None] * self.world
+            dist.all_gather_object(allr, rng)
+            rng = allr
+        else:
+            rng = [rng]
+        return {
+            "format": ckpt.FORMAT, "version": ckpt.VERSION, "step": self.step,
+            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
+            "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict(),
+            "rng": rng, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
+            "history": self.history, "config": self.config, "world": self.world,
+            "models": None if kind is None else {"kind": kind, "generator": dict(self.generator.config),
+                                                 "discriminator": dict(self.discriminator.config)},
+            "torch": str(torch.__version__),
+        }
+
+    def save_checkpoint(self, path: str) -> str:
+        """Write a checkpoint atomically (rank 0 only; collective under DDP). Refuses when the
+        losses went non-finite since the last check, so good files are never replaced by bad."""
+        self._check_finite()
+        sd = self.state_dict()
+        if self.is_main:
+            ckpt.atomic_save(sd, path)
+            d = os.path.dirname(os.path.abspath(path))
+            if os.path.basename(path).startswith("ckpt-"):
+                ckpt.prune(d, self.keep)
+        return path
+
+    def load_checkpoint(self, path: str):
+        """Restore a checkpoint written by save_checkpoint (CheckpointError when unusable)."""
+        self.load_state_dict(ckpt.read(path), source=path)
+        return self
+
+    def load_latest(self, out_dir: str):
+        """Resume from the newest readable checkpoint under out_dir/checkpoints; unreadable newer
+        ones are renamed to *.corrupt with a warning. Returns its path, or None when there is none."""
+        path, ck = ckpt.latest_good(os.path.join(out_dir, "checkpoints"), quarantine=self.is_main)
+        if ck is not None:
+            self.load_state_dict(ck, source=path)
+        return path
+
+    def load_state_dict(self, ck: dict, source: str = "checkpoint"):
+        try:
+            self.generator.load_state_dict(ck["generator"])
+            self.discriminator.load_state_dict(ck["discriminator"])
+            if self.ema is not None:
+                self.ema.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["generator"])
+            self.opt_g.load_state_dict(ck["opt_g"])
+            self.opt_d.load_state_dict(ck["opt_d"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{source}: does not fit this trainer's models/optimizers: "
+                                       f"{str(e).splitlines()[0]}") from None
+        if self.scaler_g is not None and ck.get("scaler_g"):
+            self.scaler_g.load_state_dict(ck["scaler_g"])
+            self.scaler_d.load_state_dict(ck["scaler_d"])
+        self.step = int(ck["step"])
+        self.history = list(ck.get("history") or [])
+        self._data_state = ck.get("data")
+        self._batches = None
+        rng = ck.get("rng") or []
+        if len(rng) == self.world:
+            _set_rng_state(rng[self.rank])
+        else:  # another process count: fresh but deterministic streams
+            warnings.warn(f"{source}: saved with {len(rng)} process(es), resumed with {self.world}: "
+                          "the random streams restart (training continues, not bit-identically)")
+            torch.manual_seed(self.seed + self.rank + 1_000 * self.step)
+        self._bad.fill_(-1)
+        self._sums.zero_()
+        self._count = 0
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _rng_state() -> dict:
+    st = np.random.get_state()
+    py = random.getstate()
+    out = {"torch": torch.get_rng_state(),
+           "numpy": {"keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+                     "has_gauss": int(st[3]), "gauss": float(st[4])},
+           "python": [py[0], list(py[1]), py[2]],
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []}
+    return out
+
+
+def _set_rng_state(s: dict):
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = s["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if s.get("cuda") and torch.cuda.is_available():
+        states = s["cuda"][:torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+
+
