@@ -12,6 +12,16 @@ from . import ops, nn  # noqa: E402
 
 __version__ = BUILD_INFO["version"]
 
+_LAZY = ("models", "train", "data", "bench")
+
+
+def __getattr__(name):
+    """fastgan.models / .train / .data / .bench, imported on first use (they pull in more)."""
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'fastgan' has no attribute {name!r}")
+
 
 def info() -> dict:
     """Build and runtime facts: versions, CUDA, archs, and which kernels each op has."""
