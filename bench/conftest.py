@@ -9,6 +9,12 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # Cases compile the same eager function on many shapes; see fastgan.bench.run.
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 1024)
+
+
 def pytest_addoption(parser):
     parser.addoption("--quick-bench", action="store_true", help="fewer shapes")
 

@@ -75,6 +75,10 @@ def register_suite(family: str):
 def run(device: str, quick: bool, families=None, contenders=CONTENDERS) -> List[dict]:
     rows = []
     min_time = 0.2 if quick else 1.0
+    # Every case compiles the same eager function on other shapes: without a higher limit dynamo
+    # stops compiling after 8 and the "compile" column silently becomes eager.
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 1024)
     suites = _suites()
     unknown = set(families or ()) - set(suites)
     if unknown:
