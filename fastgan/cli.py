@@ -100,7 +100,7 @@ def _cmd_train(args) -> int:
         width = args.width or 128
         G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
         D = models.MLPDiscriminator(ds.x.shape[1], width)
-    steps = args.steps if args.steps is not None else (1000 if model == "dcgan" else 3000)
+    steps = args.steps if args.steps is not None else (2000 if model == "dcgan" else 3000)
     r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if model == "dcgan" or args.gp_weight else 0.1)
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if model == "dcgan" else 0.0)
     ema = ema or None
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--model", choices=("dcgan", "mlp"), default=None,
                     help="dcgan for images, mlp for 2-D points (default: from the data)")
     pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
-    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 1000 dcgan, 3000 mlp)")
+    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
     pt.add_argument("--image-size", type=int, default=None, help="16, 32, 64 or 128 (default: 32 for digits)")
     pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128)")
