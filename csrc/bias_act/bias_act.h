@@ -15,10 +15,7 @@
 #include "common/checks.h"
 #include "common/dispatch.h"
 #include "common/layout.h"
-
-#if !defined(__CUDACC__)
-#include <ATen/cpu/vec/vec.h>
-#endif
+#include "common/vmath.h"
 
 namespace fastgan {
 namespace bias_act {
@@ -77,34 +74,8 @@ inline Ref ref_of(Act a, bool clamped) {
     }                                                                                         \
   }()
 
-// ---- elementary functions, scalar (host and device) ----------------------------------------
-template <class T> FASTGAN_HD T sel(bool c, T a, T b) { return c ? a : b; }
-FASTGAN_HD float exp_(float x) { return ::expf(x); }
-FASTGAN_HD double exp_(double x) { return ::exp(x); }
-FASTGAN_HD float expm1_(float x) { return ::expm1f(x); }
-FASTGAN_HD double expm1_(double x) { return ::expm1(x); }
-FASTGAN_HD float log1p_(float x) { return ::log1pf(x); }
-FASTGAN_HD double log1p_(double x) { return ::log1p(x); }
-FASTGAN_HD float tanh_(float x) { return ::tanhf(x); }
-FASTGAN_HD double tanh_(double x) { return ::tanh(x); }
-FASTGAN_HD float erf_(float x) { return ::erff(x); }
-FASTGAN_HD double erf_(double x) { return ::erf(x); }
-FASTGAN_HD float abs_(float x) { return ::fabsf(x); }
-FASTGAN_HD double abs_(double x) { return ::fabs(x); }
-
-#if !defined(__CUDACC__)
-// ---- the same on at::vec::Vectorized (CPU) ---------------------------------------------------
-template <class T> using Vec = at::vec::Vectorized<T>;
-template <class T> inline Vec<T> sel(const Vec<T>& c, const Vec<T>& a, const Vec<T>& b) {
-  return Vec<T>::blendv(b, a, c);
-}
-template <class T> inline Vec<T> exp_(const Vec<T>& x) { return x.exp(); }
-template <class T> inline Vec<T> expm1_(const Vec<T>& x) { return x.expm1(); }
-template <class T> inline Vec<T> log1p_(const Vec<T>& x) { return x.log1p(); }
-template <class T> inline Vec<T> tanh_(const Vec<T>& x) { return x.tanh(); }
-template <class T> inline Vec<T> erf_(const Vec<T>& x) { return x.erf(); }
-template <class T> inline Vec<T> abs_(const Vec<T>& x) { return x.abs(); }
-#endif
+// Elementary functions (exp_, tanh_, sel, ...) for scalars and Vectorized: common/vmath.h.
+using namespace fastgan::vmath;
 
 // ---- activations ---------------------------------------------------------------------------
 template <class V> FASTGAN_HD V sigmoid_(V x) { return V(1) / (V(1) + exp_(V(0) - x)); }
@@ -120,7 +91,7 @@ template <Act A, class V> FASTGAN_HD V act_f(V x, V alpha) {
   else if constexpr (A == Act::Selu)
     return sel(x > V(0), V(kSeluLambda) * x, V(kSeluLambda * kSeluAlpha) * expm1_(x));
   else if constexpr (A == Act::Softplus)  // log(1 + e^x) = max(x, 0) + log1p(e^-|x|)
-    return sel(x > V(0), x, V(0)) + log1p_(exp_(V(0) - abs_(x)));
+    return sel(x > V(0), x, V(0)) + log1p_unit(exp_(V(0) - abs_(x)));
   else if constexpr (A == Act::Swish) return x * sigmoid_(x);
   else return V(0.5) * x * (V(1) + erf_(x * V(0.70710678118654752440)));  // gelu, erf form
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bias_act/bias_act.h"
+#include "common/cpu_loops.h"
 
 namespace fastgan {
 namespace bias_act {
@@ -18,29 +19,7 @@ namespace {
 
 constexpr int64_t kGrain = 16384;
 
-// f(m, len, c, bstride): memory [m, m + len) has channels c + i * bstride.
-template <class F>
-inline void for_each_run(const ChannelLayout& l, int64_t begin, int64_t end, F&& f) {
-  int64_t m = begin;
-  if (l.S == 1) {
-    int64_t c = m % l.C;
-    while (m < end) {
-      const int64_t len = std::min(l.C - c, end - m);
-      f(m, len, c, 1);
-      m += len;
-      c = 0;
-    }
-  } else {
-    int64_t s = m % l.S, c = (m / l.S) % l.C;
-    while (m < end) {
-      const int64_t len = std::min(l.S - s, end - m);
-      f(m, len, c, 0);
-      m += len;
-      s = 0;
-      if (++c == l.C) c = 0;
-    }
-  }
-}
+using cpu::for_each_run;
 
 // Mask bytes <-> class vectors (the classes are 0, 1, 2 held as floats).
 template <class acc>

@@ -24,6 +24,12 @@ FASTGAN_HD float abs_(float x) { return ::fabsf(x); }
 FASTGAN_HD double abs_(double x) { return ::fabs(x); }
 FASTGAN_HD float sqrt_(float x) { return ::sqrtf(x); }
 FASTGAN_HD double sqrt_(double x) { return ::sqrt(x); }
+FASTGAN_HD float expm1_(float x) { return ::expm1f(x); }
+FASTGAN_HD double expm1_(double x) { return ::expm1(x); }
+FASTGAN_HD float tanh_(float x) { return ::tanhf(x); }
+FASTGAN_HD double tanh_(double x) { return ::tanh(x); }
+FASTGAN_HD float erf_(float x) { return ::erff(x); }
+FASTGAN_HD double erf_(double x) { return ::erf(x); }
 
 #if !defined(__CUDACC__)
 template <class T> using Vec = at::vec::Vectorized<T>;
@@ -45,6 +51,9 @@ template <class T> inline Vec<T> log1p_unit(const Vec<T>& x) {
 }
 template <class T> inline Vec<T> abs_(const Vec<T>& x) { return x.abs(); }
 template <class T> inline Vec<T> sqrt_(const Vec<T>& x) { return x.sqrt(); }
+template <class T> inline Vec<T> expm1_(const Vec<T>& x) { return x.expm1(); }
+template <class T> inline Vec<T> tanh_(const Vec<T>& x) { return x.tanh(); }
+template <class T> inline Vec<T> erf_(const Vec<T>& x) { return x.erf(); }
 
 // Sum of the first n lanes (n <= size), in lane order, in double: deterministic.
 template <class T> inline double hsum(const Vec<T>& v, int n = Vec<T>::size()) {
