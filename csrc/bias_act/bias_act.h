@@ -256,5 +256,27 @@ at::Tensor inplace_impl(at::Tensor& x, const c10::optional<at::Tensor>& b, int64
   return std::get<1>(forward_impl<Kernels>(x, b, dim, act, alpha, gain, clamp, /*inplace=*/true));
 }
 
+// The dispatcher's signatures, one instantiation per device (registered with TORCH_LIBRARY_IMPL).
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& x, const c10::optional<at::Tensor>& b,
+                                              int64_t dim, c10::string_view act, double alpha,
+                                              double gain, double clamp) {
+  return forward_impl<Kernels>(x, b, dim, std::string(act), alpha, gain, clamp, false);
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor> backward_op(const at::Tensor& grad, const at::Tensor& ref,
+                                               const c10::optional<at::Tensor>& b, int64_t dim,
+                                               c10::string_view act, double alpha, double gain,
+                                               double clamp, bool bias_grad) {
+  return backward_impl<Kernels>(grad, ref, b, dim, std::string(act), alpha, gain, clamp, bias_grad);
+}
+
+template <class Kernels>
+at::Tensor inplace_op(at::Tensor& x, const c10::optional<at::Tensor>& b, int64_t dim,
+                      c10::string_view act, double alpha, double gain, double clamp) {
+  return inplace_impl<Kernels>(x, b, dim, std::string(act), alpha, gain, clamp);
+}
+
 }  // namespace bias_act
 }  // namespace fastgan

@@ -222,24 +222,6 @@ struct CpuKernels {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> bias_act_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& b,
-                                                int64_t dim, c10::string_view act, double alpha,
-                                                double gain, double clamp) {
-  return forward_impl<CpuKernels>(x, b, dim, std::string(act), alpha, gain, clamp, false);
-}
-
-std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad, const at::Tensor& ref,
-                                                         const c10::optional<at::Tensor>& b, int64_t dim,
-                                                         c10::string_view act, double alpha, double gain,
-                                                         double clamp, bool bias_grad) {
-  return backward_impl<CpuKernels>(grad, ref, b, dim, std::string(act), alpha, gain, clamp, bias_grad);
-}
-
-at::Tensor bias_act_inplace_cpu(at::Tensor& x, const c10::optional<at::Tensor>& b, int64_t dim,
-                                c10::string_view act, double alpha, double gain, double clamp) {
-  return inplace_impl<CpuKernels>(x, b, dim, std::string(act), alpha, gain, clamp);
-}
-
 // Autocast: run in x's dtype (a float32 bias parameter is cast to x's dtype, as under autocast a
 // Linear/Conv output arrives in fp16/bf16 while the bias stays fp32).
 std::tuple<at::Tensor, at::Tensor> bias_act_autocast(const at::Tensor& x, const c10::optional<at::Tensor>& b,
@@ -262,9 +244,9 @@ TORCH_LIBRARY_IMPL(fastgan, AutocastCPU, m) { m.impl("bias_act", &bias_act_autoc
 TORCH_LIBRARY_IMPL(fastgan, AutocastCUDA, m) { m.impl("bias_act", &bias_act_autocast); }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
-  m.impl("bias_act", &bias_act_cpu);
-  m.impl("bias_act_backward", &bias_act_backward_cpu);
-  m.impl("bias_act_", &bias_act_inplace_cpu);
+  m.impl("bias_act", &forward_op<CpuKernels>);
+  m.impl("bias_act_backward", &backward_op<CpuKernels>);
+  m.impl("bias_act_", &inplace_op<CpuKernels>);
 }
 
 }  // namespace bias_act

@@ -341,30 +341,12 @@ struct CudaKernels {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> bias_act_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& b,
-                                                 int64_t dim, c10::string_view act, double alpha,
-                                                 double gain, double clamp) {
-  return forward_impl<CudaKernels>(x, b, dim, std::string(act), alpha, gain, clamp, false);
-}
-
-std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad, const at::Tensor& ref,
-                                                          const c10::optional<at::Tensor>& b, int64_t dim,
-                                                          c10::string_view act, double alpha, double gain,
-                                                          double clamp, bool bias_grad) {
-  return backward_impl<CudaKernels>(grad, ref, b, dim, std::string(act), alpha, gain, clamp, bias_grad);
-}
-
-at::Tensor bias_act_inplace_cuda(at::Tensor& x, const c10::optional<at::Tensor>& b, int64_t dim,
-                                 c10::string_view act, double alpha, double gain, double clamp) {
-  return inplace_impl<CudaKernels>(x, b, dim, std::string(act), alpha, gain, clamp);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
-  m.impl("bias_act", &bias_act_cuda);
-  m.impl("bias_act_backward", &bias_act_backward_cuda);
-  m.impl("bias_act_", &bias_act_inplace_cuda);
+  m.impl("bias_act", &forward_op<CudaKernels>);
+  m.impl("bias_act_backward", &backward_op<CudaKernels>);
+  m.impl("bias_act_", &inplace_op<CudaKernels>);
 }
 
 }  // namespace bias_act
