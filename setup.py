@@ -10,6 +10,13 @@ Environment variables (all optional):
   TORCH_CUDA_ARCH_LIST    CUDA archs, e.g. "8.0;9.0". Default: the visible GPU's, else "8.0;9.0+PTX".
   MAX_JOBS                parallel compile jobs (ninja).
   FASTGAN_DEBUG=1         -O0 -g (and -G -lineinfo for nvcc) instead of -O3.
+  FASTGAN_SIMT=1          also build fastgan._simt: the CUDA kernels and launchers compiled as C++ against
+                          the SIMT emulator (csrc/simt), which runs them on the CPU for the tests. Needs
+                          the CUDA toolkit's headers (CUDA_HOME or nvcc on PATH), not a GPU or a CUDA torch.
+  FASTGAN_SIMT_SANITIZE   with FASTGAN_SIMT=1: "asan" (ASan + UBSan) or "tsan" builds of fastgan._simt;
+                          load them with the sanitizer runtime preloaded (see .ci/run).
+  FASTGAN_SIMT_ONLY=1     build only fastgan._simt (e.g. `python setup.py build_ext --inplace` to switch
+                          its sanitizer flavour without rebuilding fastgan._C).
   FASTGAN_CPU_ARCH        x86-64 only: "avx2" (default; AVX2 + FMA, every x86-64 CPU since 2013-15)
                           or "generic" (no AVX2, slower CPU kernels). The CPU kernels use
                           at::vec, whose fast versions exist only when AVX2 is enabled at compile
@@ -157,6 +164,43 @@ if WITH_CUDA:
 Ext = CUDAExtension if WITH_CUDA else CppExtension
 ext = Ext("fastgan._C", sources, include_dirs=include_dirs, extra_compile_args=extra)
 
+
+def simt_extension():
+    """fastgan._simt: every csrc/*/*_cuda.cu rewritten by csrc/simt/cu2simt.py (line-preserving) and
+    compiled by the host compiler against the emulator's headers, which shadow the CUDA runtime,
+    <mma.h> and ATen's CUDA headers."""
+    flavour = os.environ.get("FASTGAN_SIMT_SANITIZE", "") or "plain"
+    if flavour not in ("plain", "asan", "tsan"):
+        _fail(f"FASTGAN_SIMT_SANITIZE must be asan or tsan (or empty), got {flavour!r}")
+    if cuda_home is None or not os.path.isfile(os.path.join(cuda_home, "include", "cuda_fp16.h")):
+        _fail("FASTGAN_SIMT=1 needs the CUDA toolkit's headers (vector types, cuda_fp16.h, cuda_bf16.h): "
+              "set CUDA_HOME or put nvcc on PATH.")
+    out = os.path.join("build", "simt", "src")
+    cus = sorted(os.path.relpath(p, "csrc") for p in glob.glob("csrc/*/*_cuda.cu"))
+    headers = sorted(os.path.relpath(p, "csrc") for p in glob.glob("csrc/*/*.cuh"))
+    subprocess.run([sys.executable, os.path.join("csrc", "simt", "cu2simt.py"), "csrc", out] + cus + headers,
+                   check=True)
+    san = {"plain": [], "asan": ["-fsanitize=address,undefined", "-fno-sanitize=vptr",
+                                 "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
+           "tsan": ["-fsanitize=thread"]}[flavour]
+    flags = (["-O0", "-g"] if DEBUG else ["-O2" if flavour == "plain" else "-O1", "-g"]) + san + [
+        "-fvisibility=hidden", "-DFASTGAN_SIMT", '-DFASTGAN_OP_NAMESPACE="fastgan_simt"',
+        f'-DFASTGAN_SIMT_FLAVOUR="{flavour}"', f'-DFASTGAN_SIMT_CUDA_INCLUDE="{os.path.join(cuda_home, "include")}"',
+        "-Wno-unknown-pragmas"]
+    return CppExtension(
+        "fastgan._simt", [os.path.join(out, c + ".cpp") for c in cus] + ["csrc/simt/simt_ext.cpp"],
+        include_dirs=[os.path.join(ROOT, out), os.path.join(ROOT, "csrc", "simt", "include"),
+                      os.path.join(ROOT, "csrc", "simt"), os.path.join(ROOT, "csrc"),
+                      os.path.join(cuda_home, "include")],
+        extra_compile_args={"cxx": flags}, extra_link_args=san), flavour
+
+
+ext_modules = [ext]
+SIMT = None
+if os.environ.get("FASTGAN_SIMT", "0") == "1" or os.environ.get("FASTGAN_SIMT_ONLY", "0") == "1":
+    simt_ext, SIMT = simt_extension()
+    ext_modules = [simt_ext] if os.environ.get("FASTGAN_SIMT_ONLY", "0") == "1" else [ext, simt_ext]
+
 # Build facts read by `import fastgan` *before* loading the binary (a mismatched torch would fail
 # to load it with an unreadable undefined-symbol error).
 build_info = {
@@ -170,15 +214,16 @@ build_info = {
     "debug": DEBUG,
     "cpu_arch": CPU_ARCH,
 }
-with open(os.path.join(ROOT, "fastgan", "_build_info.json"), "w") as f:
-    json.dump(build_info, f, indent=2)
+if os.environ.get("FASTGAN_SIMT_ONLY", "0") != "1":  # fastgan._simt reports its own facts
+    with open(os.path.join(ROOT, "fastgan", "_build_info.json"), "w") as f:
+        json.dump(build_info, f, indent=2)
 
 setup(
     name="fastgan",
     version=VERSION,
     packages=find_packages(include=["fastgan", "fastgan.*"]),
     package_data={"fastgan": ["_build_info.json"]},
-    ext_modules=[ext],
+    ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=[f"torch=={TORCH_MM}.*", "numpy", "tqdm", "matplotlib", "pillow", "scikit-learn"],
     zip_safe=False,

@@ -1,13 +1,36 @@
-"""Shared test setup: devices (CUDA params are marked and skip cleanly without a GPU), seeding."""
-import pytest
-import torch
+"""Shared test setup: devices, seeding.
 
-import fastgan
+The "device" parameter of the op tests takes three values:
+  cpu    the CPU kernels;
+  cuda   the CUDA kernels on a GPU (marked `cuda`; skipped without one);
+  simt   the CUDA kernels on the SIMT emulator (marked `simt`): the test runs on CPU tensors while
+         torch.ops.fastgan.* are routed to fastgan._simt (see fastgan/simt.py), so every CUDA kernel
+         runs without a GPU. Skipped when fastgan was built without FASTGAN_SIMT=1, unless
+         FASTGAN_REQUIRE_SIMT=1 (CI), which makes a missing SIMT build an error.
+"""
+import contextlib
+import os
+
+# Seeded quality tests (mode coverage, Frechet distance) train GANs, whose trajectories amplify the
+# last bit of every matrix product: MKL's code path depends on the CPU (AVX2, AVX-512), so a seed that
+# covers every mode on one machine may not on another. MKL's compatible path gives the same bits on
+# every x86-64 CPU (it must be chosen before MKL starts, hence before torch is imported).
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastgan  # noqa: E402
+import fastgan.simt  # noqa: E402
 
 CUDA_OK = torch.cuda.is_available() and fastgan.info()["cuda_compiled"]
+SIMT_OK = fastgan.simt.available()
 
+SIMT = pytest.param("cpu", id="simt", marks=pytest.mark.simt)
 # Use as @pytest.mark.parametrize("device", DEVICES)
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda), SIMT]
+# The CUDA code path: a GPU, or the emulator.
+CUDA_PATHS = [pytest.param("cuda", marks=pytest.mark.cuda), SIMT]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 # Tolerances against a float64 reference, by dtype.
@@ -20,17 +43,39 @@ TOL = {
 
 
 def pytest_collection_modifyitems(config, items):
-    if CUDA_OK:
-        return
+    if not SIMT_OK and os.environ.get("FASTGAN_REQUIRE_SIMT") == "1":
+        raise pytest.UsageError("FASTGAN_REQUIRE_SIMT=1 but fastgan's SIMT build is not available: "
+                                f"{fastgan.simt.info()['error'] or 'build with FASTGAN_SIMT=1'}")
     why = ("no CUDA device" if not torch.cuda.is_available()
            else "fastgan was built without CUDA kernels")
-    skip = pytest.mark.skip(reason=f"CUDA test: {why}")
+    skip_cuda = pytest.mark.skip(reason=f"CUDA test: {why}")
+    skip_simt = pytest.mark.skip(reason="SIMT test: fastgan was built without FASTGAN_SIMT=1")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if "cuda" in item.keywords and not CUDA_OK:
+            item.add_marker(skip_cuda)
+        if "simt" in item.keywords and not SIMT_OK:
+            item.add_marker(skip_simt)
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def cpu_kernels():
+    """A block in which torch.ops.fastgan.* on CPU tensors run the CPU kernels (inside a simt test
+    too, where they are otherwise routed to the emulated CUDA kernels): the side to compare against."""
+    if SIMT_OK and fastgan.simt._simt.routed():
+        return fastgan.simt.native()
+    return contextlib.nullcontext()
+
+
+@pytest.fixture(autouse=True)
+def _simt_backend(request):
+    """Tests marked simt run with torch.ops.fastgan.* routed to the emulated CUDA kernels."""
+    if request.node.get_closest_marker("simt") is None or not SIMT_OK:
+        yield
+        return
+    with fastgan.simt.backend():
+        yield

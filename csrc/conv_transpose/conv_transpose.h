@@ -135,6 +135,11 @@ inline at::Tensor to_layout(const at::Tensor& t, at::MemoryFormat fmt) {
 }
 
 // ---- the aten path ----------------------------------------------------------------------------
+// The namespace whose bias_act the aten path calls: the SIMT build calls its own, emulated one.
+#ifndef FASTGAN_OP_NAMESPACE
+#define FASTGAN_OP_NAMESPACE "fastgan"
+#endif
+
 using BiasActFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&,
                                                       int64_t, c10::string_view, double, double, double);
 using BiasActInplaceFn = at::Tensor(at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
@@ -153,12 +158,12 @@ inline std::tuple<at::Tensor, at::Tensor> run_aten(const at::Tensor& x, const at
   if (p.ref == Ref::None && p.gain == 1.0 && p.clamp < 0) return {conv, empty};  // plain linear
   if (p.ref == Ref::Mask || p.ref == Ref::None) {
     static auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::bias_act_", "").typed<BiasActInplaceFn>();
+        c10::Dispatcher::singleton().findSchemaOrThrow(FASTGAN_OP_NAMESPACE "::bias_act_", "").typed<BiasActInplaceFn>();
     at::Tensor mask = op.call(conv, c10::nullopt, 1, act, p.alpha, p.gain, p.clamp);
     return {conv, p.ref == Ref::Mask ? mask : empty};
   }
   static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fastgan::bias_act", "").typed<BiasActFn>();
+      c10::Dispatcher::singleton().findSchemaOrThrow(FASTGAN_OP_NAMESPACE "::bias_act", "").typed<BiasActFn>();
   at::Tensor y = std::get<0>(op.call(conv, x_kind ? b : c10::nullopt, 1, act, p.alpha, p.gain, p.clamp));
   return {y, x_kind ? conv : empty};
 }
@@ -233,7 +238,14 @@ inline std::string shape_key(const char* dev, const at::Tensor& x, const at::Ten
   return k.str();
 }
 
-// Process-wide cache: shape key -> chosen path.
+// Process-wide cache: shape key -> chosen path, with the timings that chose it (`fastgan selftest`
+// and fastgan._C.conv_transpose_paths() report them).
+struct PathChoice {
+  Path path;
+  double t_aten, t_fused;  // seconds; 0 when not timed
+  std::string note;
+};
+
 class PathCache {
  public:
   static PathCache& get() {
@@ -244,22 +256,32 @@ class PathCache {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = map_.find(key);
     if (it == map_.end()) return false;
-    *out = it->second;
+    *out = it->second.path;
     return true;
   }
   void store(const std::string& key, Path p, double t_aten, double t_fused, const char* note) {
     std::lock_guard<std::mutex> lock(mu_);
-    map_[key] = p;
+    map_[key] = PathChoice{p, t_aten, t_fused, note};
     if (verbose()) {
       std::fprintf(stderr, "fastgan conv_transpose2d_act: %s -> %s (aten %.3f ms, fused %.3f ms)%s%s\n",
                    key.c_str(), p == Path::Fused ? "fused" : "aten", t_aten * 1e3, t_fused * 1e3,
                    note[0] ? " " : "", note);
     }
   }
+  std::vector<std::pair<std::string, PathChoice>> entries() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::pair<std::string, PathChoice>> out(map_.begin(), map_.end());
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    return out;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    map_.clear();
+  }
 
  private:
   std::mutex mu_;
-  std::unordered_map<std::string, Path> map_;
+  std::unordered_map<std::string, PathChoice> map_;
 };
 
 }  // namespace conv_transpose

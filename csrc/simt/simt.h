@@ -22,7 +22,7 @@
 // Sanitizers: with ASan the fiber switches are annotated; with TSan every CUDA thread is a TSan fiber
 // and only barriers, __syncwarp, warp intrinsics and atomics order threads, so a missing barrier is
 // reported as a data race, as is a race between threads of two blocks (unless they have the same
-// thread index: that TSan fiber is reused from block to block).
+// thread index, whose TSan fiber is reused from block to block, or run 64 blocks apart).
 // cp.async: the copy is deferred to the cp.async.wait_group that covers it, and the destination is
 // filled with 0xff when the copy is issued, so a read before the wait sees NaN.
 // What it cannot see is in docs/design.md ("SIMT emulator").
@@ -206,10 +206,14 @@ struct State {
   int bar_count_result = 0;
   void* tsan_main = nullptr;
   // TSan sync objects (only their addresses matter): the host's writes before a launch reach every
-  // thread of it, every thread's writes reach the host after it. Barriers and warp rendezvous
-  // synchronise through objects that are fresh for every block, so that blocks stay unordered.
+  // thread of it, every thread's writes reach the host after it. Barriers and warp rendezvous of
+  // the k-th block run synchronise through set k % 64 of block_sync_pool, so that blocks stay
+  // unordered (but for blocks 64 apart): a fresh set per block would cost TSan a vector clock per
+  // object and block, gigabytes for a large grid.
   int host_to_dev = 0, dev_to_host = 0;
+  int block_sync_pool[64][33] = {};
   int* block_sync = nullptr;  // [0]: __syncthreads, [1 + w]: warp w
+  unsigned long block_serial = 0;
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
   std::mutex launch_mu;
@@ -609,7 +613,7 @@ SIMT_RT inline bool run_block(dim3 bid, unsigned long salt) {
   s.shared.clear();
   s.static_smem_bytes = 0;
   const unsigned n = s.nthreads;
-  s.block_sync = static_cast<int*>(shared_alloc(sizeof(int) * 33, 16));
+  s.block_sync = s.block_sync_pool[s.block_serial++ % 64];
   block_begin_fibers(n);
 #ifdef SIMT_TSAN
   __tsan_release(&s.host_to_dev);  // what the host did so far reaches the block's threads
