@@ -1,5 +1,6 @@
 """bias_act: values and gradients against the float64 reference, derivatives of first and second
 order, the torch.library contract, layouts, modules, memory, and bad input."""
+import contextlib
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from fastgan.ops import bias_act, bias_act_, reference
 from fastgan.ops.bias_act import ref_kind
 from fastgan.nn import FusedBiasAct, FusedLeakyReLU
 
-from conftest import CUDA_OK, DEVICES, DTYPES, TOL
+from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, cpu_kernels
 
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish", "gelu"]
 
@@ -340,9 +341,9 @@ def test_cuda_more_than_2_31_elements():
     torch.cuda.empty_cache()
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", CUDA_PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cuda_matches_cpu(dtype):
+def test_cuda_matches_cpu(dtype, device):
     for shape, cl in (((8, 64, 32, 32), False), ((8, 64, 32, 32), True), ((5, 3, 7, 9), True), ((1000003,), False)):
         x = torch.randn(shape, dtype=dtype)
         if cl:
@@ -351,11 +352,12 @@ def test_cuda_matches_cpu(dtype):
         dim = 1 if len(shape) > 1 else 0
         g = torch.randn_like(x)
         res = []
-        for dev in ("cpu", "cuda"):
+        for side, dev in (("cpu", "cpu"), ("accelerator", device)):  # (simt: the second runs emulated)
             xx = x.to(dev).requires_grad_()
             bb = b.to(dev).requires_grad_()
-            y = bias_act(xx, bb, act="lrelu", gain=1.4, clamp=1.5, dim=dim)
-            res.append([t.cpu().double() for t in (y, *torch.autograd.grad(y, (xx, bb), g.to(dev)))])
+            with cpu_kernels() if side == "cpu" else contextlib.nullcontext():
+                y = bias_act(xx, bb, act="lrelu", gain=1.4, clamp=1.5, dim=dim)
+                res.append([t.cpu().double() for t in (y, *torch.autograd.grad(y, (xx, bb), g.to(dev)))])
         tol = TOL[dtype]
         for a, c in zip(*res):
             torch.testing.assert_close(c, a, atol=tol["atol"] * 100, rtol=tol["rtol"] * 10)

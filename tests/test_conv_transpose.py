@@ -17,7 +17,7 @@ from torch import nn
 import fastgan
 from fastgan.nn import FusedConvTranspose2d
 from fastgan.ops import conv_transpose2d_act, reference
-from conftest import CUDA_OK, DEVICES, DTYPES, TOL
+from conftest import CUDA_PATHS, DTYPES, TOL
 
 PATHS = ["aten", "fused", "auto"]
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish", "gelu"]
@@ -365,24 +365,26 @@ def _bias_act_on_cuda():
 CUDA_CASES = [  # (n, cin, cout, h, w, k, s, p, op): phase mode, odd tiles, gemm mode
     (4, 64, 32, 8, 8, 4, 2, 1, 0), (3, 16, 24, 5, 7, 4, 2, 1, 1), (2, 8, 8, 9, 3, 3, 3, 0, 2),
     (2, 32, 72, 6, 6, 5, 1, 2, 0), (5, 24, 8, 1, 1, 4, 1, 0, 0), (3, 200, 16, 1, 1, 3, 2, 0, 0),
-    (64, 512, 256, 4, 4, 4, 2, 1, 0),
+    (64, 512, 256, 4, 4, 4, 2, 1, 0),  # (a GPU only: too slow emulated; the emulator runs it at batch 1)
 ]
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", CUDA_PATHS)
 @with_path("fused", "auto")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("case", range(len(CUDA_CASES)))
 @pytest.mark.parametrize("act", ["lrelu", "gelu", "linear"])
-def test_cuda_fused_kernel(path, dtype, case, act):
+def test_cuda_fused_kernel(path, dtype, case, act, device):
     """The tensor-core kernel against F.conv_transpose2d computed in float64."""
-    if path == "auto" and act != "linear" and not _bias_act_on_cuda():
+    if device == "cuda" and path == "auto" and act != "linear" and not _bias_act_on_cuda():
         pytest.skip("the aten path's epilogue needs bias_act's CUDA kernels")
+    if device != "cuda" and CUDA_CASES[case][0] == 64:
+        pytest.skip("batch 64 of 512 channels: minutes on the emulator (test_simt_kernels runs it at batch 1)")
     n, cin, cout, h, w, k, s, p, op = CUDA_CASES[case]
-    x = torch.randn(n, cin, h, w, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
-    wt = (torch.randn(cin, cout, k, k, device="cuda", dtype=dtype) / (cin ** 0.5)).contiguous(
+    x = torch.randn(n, cin, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    wt = (torch.randn(cin, cout, k, k, device=device, dtype=dtype) / (cin ** 0.5)).contiguous(
         memory_format=torch.channels_last)
-    b = torch.randn(cout, device="cuda", dtype=dtype)
+    b = torch.randn(cout, device=device, dtype=dtype)
     y = conv_transpose2d_act(x, wt, b, s, p, op, act=act, gain=1.3, clamp=3.0 if act == "lrelu" else None)
     ref = reference.conv_transpose2d_act(x.double(), wt.double(), b.double(), s, p, op, act=act, gain=1.3,
                                          clamp=3.0 if act == "lrelu" else None)
@@ -391,20 +393,28 @@ def test_cuda_fused_kernel(path, dtype, case, act):
     torch.testing.assert_close(y.double(), ref, atol=tol * ref.abs().max().item(), rtol=tol)
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", CUDA_PATHS)
 @pytest.mark.parametrize("path", ["aten", "fused"], indirect=True)
-def test_cuda_forward_backward(path):
-    if not _bias_act_on_cuda():
+def test_cuda_forward_backward(path, device):
+    if device == "cuda" and not _bias_act_on_cuda():
         pytest.skip("the CUDA backward needs bias_act's CUDA kernels (fastgan::bias_act_backward)")
-    m = FusedConvTranspose2d(64, 32, 4, 2, 1, activation="lrelu").cuda().to(memory_format=torch.channels_last)
-    x = torch.randn(8, 64, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last).requires_grad_()
+    m = FusedConvTranspose2d(64, 32, 4, 2, 1, activation="lrelu").to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 64, 8, 8, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = m(x)
-    ref = reference.conv_transpose2d_act(x, m.weight, m.bias, 2, 1, act="lrelu")
-    torch.testing.assert_close(y, ref, atol=1e-2, rtol=1e-2)
+    ref = reference.conv_transpose2d_act(x.double(), m.weight.double(), m.bias.double(), 2, 1, act="lrelu")
+    torch.testing.assert_close(y.double(), ref, atol=1e-2, rtol=1e-2)
     gy = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, (x, m.weight, m.bias), gy),
-                    torch.autograd.grad(ref, (x, m.weight, m.bias), gy)):
-        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    got = torch.autograd.grad(y, (x, m.weight, m.bias), gy)
+    # The reference backward takes the slopes the forward chose (its mask): where TF32 rounding puts a
+    # pre-activation on the other side of zero than float64 does, the slope differs, and comparing
+    # against float64's choice would test the rounding, not the backward.
+    mask = torch.ops.fastgan.conv_transpose2d_act(x.detach(), m.weight.detach(), m.bias.detach(), [2, 2], [1, 1],
+                                                  [0, 0], 1, [1, 1], "lrelu", 0.2, 1.0, -1.0)[1]
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, m.weight, m.bias))
+    z = F.conv_transpose2d(xd, wd, bd, 2, 1)
+    want = torch.autograd.grad(z, (xd, wd, bd), gy.double() * torch.where(mask == 1, 1.0, 0.2).double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=2e-2, rtol=2e-2)
 
 
 SANITIZER_SCRIPT = """
@@ -454,4 +464,4 @@ def test_info_lists_op():
     info = fastgan.info()
     assert info["ops"]["conv_transpose2d_act"]["cpu"]
     assert info["ops"]["conv_transpose2d_act"]["cuda"] == (info["cuda_compiled"])
-    assert CUDA_OK in (True, False) and DEVICES  # conftest is importable (CUDA tests use its marker)
+    assert info["ops"]["conv_transpose2d_act"]["simt"] == (info["simt"] is not None)

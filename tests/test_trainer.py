@@ -383,3 +383,23 @@ def test_cuda_smoke(amp, digits16, tmp_path):
     assert same(params(u), params(t))
     u.fit(digits16, 5, 16, progress=False)
     assert u.sample(4).shape == (4, 1, 16, 16)
+
+
+@pytest.mark.simt
+@pytest.mark.parametrize("loss,r1", [("ns", 1.0), ("rals", 0.0)])
+def test_simt_training_steps_match_the_cpu_kernels(loss, r1, digits16):
+    """The trainer on the emulated CUDA kernels (DCGAN with channels_last, R1's double backward, EMA):
+    the weights after a few steps match a run on the CPU kernels, up to float32 rounding."""
+    import fastgan.simt
+    from conftest import cpu_kernels
+    runs = []
+    for backend in ("cpu", "simt"):
+        t = tiny(loss=loss, r1_gamma=r1, ema_decay=0.9, seed=0)
+        t.generator.to(memory_format=torch.channels_last)
+        t.discriminator.to(memory_format=torch.channels_last)
+        with cpu_kernels() if backend == "cpu" else fastgan.simt.backend():
+            t.fit(digits16, 3, 8, progress=False)
+        runs.append(params(t))
+    for k in runs[0]:
+        torch.testing.assert_close(runs[1][k], runs[0][k], atol=2e-4, rtol=2e-3, msg=k)
+    assert not same(runs[0], runs[1]), "the two runs took the same kernels"

@@ -70,18 +70,20 @@ __device__ __forceinline__ void warp_sum2(T& a, T& b) {
 
 // ---- batch statistics --------------------------------------------------------------------------
 // part: [splits][C][3] = (n, mean, m2) of x - shift[c].
-template <typename scalar_t, typename acc>
+// I: the index type of the per-element division j / S, 32-bit when the tensor allows it (a 64-bit
+// division costs several times more, once per element).
+template <typename scalar_t, typename acc, typename I>
 __global__ void stats_partial_s(const scalar_t* __restrict__ x, int64_t A, int64_t C, int64_t S,
                                 int64_t per_split, acc* __restrict__ part) {
   const int64_t c = blockIdx.x;
-  const int64_t E = A * S;
-  const int64_t j0 = int64_t(blockIdx.y) * per_split;
-  const int64_t j1 = j0 + per_split < E ? j0 + per_split : E;
+  const I E = I(A * S), Si = I(S);
+  const I j0 = I(int64_t(blockIdx.y) * per_split);
+  const I j1 = j0 + I(per_split) < E ? j0 + I(per_split) : E;
   const acc shift = acc(x[c * S]);
   acc n = 0, mean = 0, m2 = 0;
-  for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-    const int64_t a = j / S;
-    welford_add(n, mean, m2, acc(x[(a * C + c) * S + (j - a * S)]) - shift);
+  for (I j = j0 + I(threadIdx.x); j < j1; j += I(blockDim.x)) {
+    const I a = j / Si;
+    welford_add(n, mean, m2, acc(x[(int64_t(a) * C + c) * S + int64_t(j - a * Si)]) - shift);
   }
   __shared__ acc sh[3][kWarps];
   warp_welford(n, mean, m2);
@@ -234,21 +236,21 @@ __device__ __forceinline__ void grad_terms(scalar_t gv, scalar_t rv, acc_t<scala
   gg = acc(gv) * s;
 }
 
-// part: [splits][C][2] = (sum g, sum g u)
-template <typename scalar_t, Act A, Ref R>
+// part: [splits][C][2] = (sum g, sum g u); I as in stats_partial_s.
+template <typename scalar_t, Act A, Ref R, typename I>
 __global__ void bwd_partial_s(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ ref, int64_t A_, int64_t C,
                               int64_t S, int64_t per_split, const acc_t<scalar_t>* __restrict__ c123,
                               acc_t<scalar_t> alpha, acc_t<scalar_t> inv_alpha, acc_t<scalar_t>* __restrict__ part) {
   using acc = acc_t<scalar_t>;
   const int64_t c = blockIdx.x;
-  const int64_t E = A_ * S;
-  const int64_t j0 = int64_t(blockIdx.y) * per_split;
-  const int64_t j1 = j0 + per_split < E ? j0 + per_split : E;
+  const I E = I(A_ * S), Si = I(S);
+  const I j0 = I(int64_t(blockIdx.y) * per_split);
+  const I j1 = j0 + I(per_split) < E ? j0 + I(per_split) : E;
   const acc c1 = c123[c], c2 = c123[C + c], c3 = c123[2 * C + c];
   acc sg = 0, su = 0;
-  for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-    const int64_t a = j / S;
-    const int64_t i = (a * C + c) * S + (j - a * S);
+  for (I j = j0 + I(threadIdx.x); j < j1; j += I(blockDim.x)) {
+    const I a = j / Si;
+    const int64_t i = (int64_t(a) * C + c) * S + int64_t(j - a * Si);
     acc gg, u;
     grad_terms<scalar_t, A, R>(grad[i], ref[i], c1, c2, c3, alpha, inv_alpha, gg, u);
     sg += gg;
@@ -398,6 +400,9 @@ inline Split choose_split(const ChannelLayout& l) {
 
 inline int channel_blocks(int64_t C) { return int((C + kThreads - 1) / kThreads); }
 
+// The per-channel index range A * S (plus a block's stride past its end) fits 32 bits.
+inline bool small_index(const ChannelLayout& l) { return l.A * l.S + kThreads < (int64_t(1) << 31); }
+
 template <class T>
 inline const T* opt_ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
@@ -422,8 +427,11 @@ struct CudaKernels {
           stats_partial_rows<scalar_t, acc><<<dim3(unsigned((C + 31) / 32), unsigned(sp.splits)),
                                               dim3(32, kRowsPerBlock), 0, stream>>>(
               x.const_data_ptr<scalar_t>(), l.A, C, sp.per, part.mutable_data_ptr<acc>());
+        } else if (small_index(l)) {
+          stats_partial_s<scalar_t, acc, uint32_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), l.A, C, l.S, sp.per, part.mutable_data_ptr<acc>());
         } else {
-          stats_partial_s<scalar_t, acc><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
+          stats_partial_s<scalar_t, acc, int64_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
               x.const_data_ptr<scalar_t>(), l.A, C, l.S, sp.per, part.mutable_data_ptr<acc>());
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -485,8 +493,11 @@ struct CudaKernels {
           bwd_partial_rows<scalar_t, kA, kR><<<dim3(unsigned((C + 31) / 32), unsigned(sp.splits)),
                                                dim3(32, kRowsPerBlock), 0, stream>>>(
               gp, rp, l.A, C, sp.per, c123, a_, ia, part.mutable_data_ptr<acc>());
+        } else if (small_index(l)) {
+          bwd_partial_s<scalar_t, kA, kR, uint32_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
+              gp, rp, l.A, C, l.S, sp.per, c123, a_, ia, part.mutable_data_ptr<acc>());
         } else {
-          bwd_partial_s<scalar_t, kA, kR><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
+          bwd_partial_s<scalar_t, kA, kR, int64_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
               gp, rp, l.A, C, l.S, sp.per, c123, a_, ia, part.mutable_data_ptr<acc>());
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();

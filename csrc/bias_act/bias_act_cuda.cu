@@ -7,7 +7,7 @@
 // layouts find the channel of every element. Buffers that are not 16-byte aligned (rare views)
 // are copied to fresh, aligned ones first, so one vector width serves every call.
 //
-// Backward kernels:
+// Backward kernels (the first two only when deterministic algorithms are not required):
 //   rows   (S % VEC == 0): a warp owns one channel and a range of the outer index; it writes
 //          dx and sums it in registers, then one atomicAdd per warp into the fp32 bias gradient.
 //   columns (S == 1, C % VEC == 0): a thread owns VEC consecutive channels and a strided set of
@@ -74,8 +74,9 @@ __device__ __forceinline__ acc bias_at(const acc* b, int mode, const ChannelOf& 
   return b[ch(m + j)];
 }
 
+// x and y may be the same buffer (the in-place op): neither is __restrict__.
 template <Act A, typename T, int VEC>
-__global__ void forward_kernel(const T* __restrict__ x, T* y, uint8_t* mask, const acc_t<T>* b,
+__global__ void forward_kernel(const T* x, T* y, uint8_t* mask, const acc_t<T>* b,
                                int64_t n, ChannelOf ch, int mode, acc_t<T> alpha, acc_t<T> gain,
                                acc_t<T> clamp) {
   using acc = acc_t<T>;
@@ -290,6 +291,10 @@ struct CudaKernels {
     const int64_t n = g.numel();
     auto stream = at::cuda::getCurrentCUDAStream();
     const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    // The fused reductions add per-warp/per-thread partials with atomicAdd, in an order that varies
+    // from run to run; under torch.use_deterministic_algorithms(True) the bias gradient is instead
+    // the sum of dx (ATen's deterministic reduction), one pass more.
+    const bool deterministic = at::globalContext().deterministicAlgorithms();
     bool reduced = false;
     FASTGAN_DISPATCH_FLOATING(g.scalar_type(), "bias_act_backward_cuda", [&] {
       using acc = acc_t<scalar_t>;
@@ -304,7 +309,7 @@ struct CudaKernels {
       FASTGAN_DISPATCH_ACT(p.act, [&] {
         auto launch = [&](auto ref_tag) {
           constexpr Ref R = decltype(ref_tag)::value;
-          if (gb.defined() && mode == kRowVec) {
+          if (gb.defined() && mode == kRowVec && !deterministic) {
             const int64_t target_warps = sms * 64;
             const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(l.A, (target_warps + l.C - 1) / l.C));
             const int64_t chunk = (l.A + chunks - 1) / chunks;
@@ -313,7 +318,7 @@ struct CudaKernels {
             backward_rows_kernel<kAct, R, scalar_t, VEC><<<blocks, kThreads, 0, stream>>>(
                 gp, rp, op, bp, gb.mutable_data_ptr<acc>(), l.A, l.C, l.S, chunk, nwarps, alpha, gain, clamp);
             reduced = true;
-          } else if (gb.defined() && mode == kColVec) {
+          } else if (gb.defined() && mode == kColVec && !deterministic) {
             const int64_t Cv = l.C / VEC;
             const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(l.A, (sms * 2048 + Cv - 1) / Cv));
             backward_cols_kernel<kAct, R, scalar_t, VEC><<<blocks_for(Cv * nchunks), kThreads, 0, stream>>>(

@@ -1,4 +1,4 @@
-// GAN losses on CUDA: the whole loss in one launch of one block.
+// GAN losses on CUDA: one launch of one block at the batch sizes GANs use, a grid above that.
 //
 // The batches are tiny (64 to 65536 logits per side), so the cost in eager PyTorch is launches, not
 // bytes. One block of kThreads threads walks both sides with a fixed thread-to-element assignment
@@ -8,9 +8,10 @@
 //   2. terms, d loss / d x, and the sums of l, sigmoid(x) and dl/dz,
 //   3. one constant per side added to the gradient (it needs the sums of phase 2).
 // A single block moves ~100-200 GB/s, so 65536 fp32 logits (256 KB read, 256 KB written) take a
-// few microseconds, in the range of a launch; a grid-wide version would need a second launch or
-// atomics to finish the reduction, for no gain at these sizes. Larger batches still work (64-bit
-// indices), at single-block speed.
+// few microseconds, in the range of a launch. Above kSingleBlockMax logits (both sides together) one
+// block would be the bottleneck, and the grid version runs instead: each block owns a fixed chunk of
+// each side and writes its partial sums, one block adds them in block order (still deterministic, no
+// atomics, no host sync), in 2 launches (4 for rals: its means first, its gradient constants last).
 // The backward is one elementwise launch over both sides: out = grad * saved, grad read on device.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -102,6 +103,124 @@ loss_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>* loss, a
   }
 }
 
+// ---- the grid version (large batches) --------------------------------------------------------------
+constexpr int64_t kSingleBlockMax = int64_t(1) << 17;
+constexpr int kGridThreads = 256;
+
+// Block k's chunk [b, e) of a side of n elements: contiguous, fixed for a given grid size.
+__device__ __forceinline__ void chunk_of(int64_t n, int64_t nb, int64_t& b, int64_t& e) {
+  const int64_t per = (n + nb - 1) / nb, k = blockIdx.x;
+  b = k * per < n ? k * per : n;
+  e = b + per < n ? b + per : n;
+}
+
+// part[k][2]: the sums of each side's chunk (the rals means).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kGridThreads)
+mean_partial_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>* part) {
+  using acc = acc_t<scalar_t>;
+  __shared__ acc smem[2 * kWarp];
+  const int64_t nb = gridDim.x;
+  int64_t b, e;
+  acc m[2] = {0, 0};
+  chunk_of(s0.n, nb, b, e);
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) m[0] += acc(s0.x[i]);
+  chunk_of(s1.n, nb, b, e);
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) m[1] += acc(s1.x[i]);
+  block_sum<acc, 2>(m, smem);
+  if (threadIdx.x == 0) {
+    part[blockIdx.x * 2] = m[0];
+    part[blockIdx.x * 2 + 1] = m[1];
+  }
+}
+
+// part[k][6]: the sums of loss_kernel's v over block k's chunks; g written.
+template <typename scalar_t, Form F, bool kCoupled, bool kStats>
+__global__ void __launch_bounds__(kGridThreads)
+terms_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, const acc_t<scalar_t>* mean_part, acc_t<scalar_t>* part) {
+  using acc = acc_t<scalar_t>;
+  __shared__ acc smem[6 * kWarp];
+  const int64_t nb = gridDim.x;
+  acc t0 = 0, t1 = 0;
+  if constexpr (kCoupled) {  // every block adds the same partials in the same order: the same means
+    acc m[2] = {0, 0};
+    for (int64_t k = threadIdx.x; k < nb; k += blockDim.x) {
+      m[0] += mean_part[2 * k];
+      m[1] += mean_part[2 * k + 1];
+    }
+    block_sum<acc, 2>(m, smem);
+    t0 = s0.tau * (m[1] / acc(s1.n));
+    t1 = s1.tau * (m[0] / acc(s0.n));
+  }
+  acc v[6] = {0, 0, 0, 0, 0, 0};
+  int64_t b, e;
+  chunk_of(s0.n, nb, b, e);
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
+    const acc x = acc(s0.x[i]);
+    acc l, d, dz;
+    term<F>(x, s0.a, s0.s, s0.b, t0, l, d, dz);
+    s0.g[i] = s0.scale * d;
+    v[0] += l;
+    v[4] += dz;
+    if (kStats) v[2] += sigmoid_of(x);
+  }
+  chunk_of(s1.n, nb, b, e);
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
+    const acc x = acc(s1.x[i]);
+    acc l, d, dz;
+    term<F>(x, s1.a, s1.s, s1.b, t1, l, d, dz);
+    s1.g[i] = s1.scale * d;
+    v[1] += l;
+    v[5] += dz;
+    if (kStats) v[3] += sigmoid_of(x);
+  }
+  block_sum<acc, 6>(v, smem);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int j = 0; j < 6; j++) part[blockIdx.x * 6 + j] = v[j];
+  }
+}
+
+// One block: the partials in block order -> loss, stats and (rals) the two gradient constants.
+template <typename scalar_t, bool kCoupled, bool kStats>
+__global__ void __launch_bounds__(kGridThreads)
+finish_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, const acc_t<scalar_t>* part, int64_t nb,
+              acc_t<scalar_t>* loss, acc_t<scalar_t>* stats, acc_t<scalar_t>* consts) {
+  using acc = acc_t<scalar_t>;
+  __shared__ acc smem[6 * kWarp];
+  acc v[6] = {0, 0, 0, 0, 0, 0};
+  for (int64_t k = threadIdx.x; k < nb; k += blockDim.x) {
+#pragma unroll
+    for (int j = 0; j < 6; j++) v[j] += part[6 * k + j];
+  }
+  block_sum<acc, 6>(v, smem);
+  if (threadIdx.x == 0) {
+    *loss = s0.scale * v[0] + s1.scale * v[1];
+    if (kStats) {
+      stats[0] = v[2] / acc(s0.n);
+      stats[1] = v[3] / acc(s1.n);
+    }
+    if (kCoupled) {
+      consts[0] = s1.tau / acc(s0.n) * s1.scale * v[5];
+      consts[1] = s0.tau / acc(s1.n) * s0.scale * v[4];
+    }
+  }
+}
+
+template <typename acc>
+__global__ void add_consts_kernel(acc* __restrict__ g0, acc* __restrict__ g1, int64_t n0, int64_t n1,
+                                  const acc* __restrict__ consts) {
+  const acc c0 = consts[0], c1 = consts[1];
+  const int64_t n = n0 + n1, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    if (i < n0) {
+      g0[i] += c0;
+    } else {
+      g1[i - n0] += c1;
+    }
+  }
+}
+
 template <typename acc, typename scalar_t>
 __global__ void backward_kernel(const acc* __restrict__ grad, const acc* __restrict__ g0,
                                 const acc* __restrict__ g1, scalar_t* __restrict__ o0,
@@ -121,10 +240,34 @@ template <typename scalar_t, Form F, bool kCoupled, bool kStats>
 void launch(Problem& p) {
   using acc = acc_t<scalar_t>;
   auto stream = at::cuda::getCurrentCUDAStream();
-  loss_kernel<scalar_t, F, kCoupled, kStats><<<1, kThreads, 0, stream>>>(
-      side_dev<scalar_t>(p, 0), side_dev<scalar_t>(p, 1), p.loss.mutable_data_ptr<acc>(),
-      kStats ? p.stats_out.mutable_data_ptr<acc>() : nullptr);
+  const auto s0 = side_dev<scalar_t>(p, 0), s1 = side_dev<scalar_t>(p, 1);
+  acc* loss = p.loss.mutable_data_ptr<acc>();
+  acc* stats = kStats ? p.stats_out.mutable_data_ptr<acc>() : nullptr;
+  const int64_t n = p.n[0] + p.n[1];
+  if (n <= kSingleBlockMax) {
+    loss_kernel<scalar_t, F, kCoupled, kStats><<<1, kThreads, 0, stream>>>(s0, s1, loss, stats);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t nb = std::max<int64_t>(1, std::min<int64_t>((n + kGridThreads * 16 - 1) / (kGridThreads * 16), sms * 4));
+  at::Tensor ws = at::empty({nb * 8 + 2}, p.loss.options());
+  acc* mean_part = ws.mutable_data_ptr<acc>();
+  acc* part = mean_part + nb * 2;
+  acc* consts = part + nb * 6;
+  if (kCoupled) {
+    mean_partial_kernel<scalar_t><<<nb, kGridThreads, 0, stream>>>(s0, s1, mean_part);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  terms_kernel<scalar_t, F, kCoupled, kStats><<<nb, kGridThreads, 0, stream>>>(s0, s1, mean_part, part);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  finish_kernel<scalar_t, kCoupled, kStats><<<1, kGridThreads, 0, stream>>>(s0, s1, part, nb, loss, stats, consts);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (kCoupled) {
+    add_consts_kernel<acc><<<std::min<int64_t>((n + 255) / 256, sms * 8), 256, 0, stream>>>(
+        s0.g, s1.g, p.n[0], p.n[1], consts);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 struct CudaKernels {
