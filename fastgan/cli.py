@@ -1,5 +1,6 @@
 """The `fastgan` command line: train (a GAN, with samples, curves, checkpoints), sample (images
-from a checkpoint), info (build facts), bench (op ratio tables)."""
+from a checkpoint), info (build facts), bench (op ratio tables), selftest (every op on every backend
+against its float64 reference)."""
 import argparse
 import json
 import os
@@ -17,7 +18,8 @@ def _cmd_info(args) -> int:
             print(f"{k:20s} {v}")
     print("ops:")
     for name, kernels in facts["ops"].items():
-        print(f"  {name:28s} cpu={'yes' if kernels['cpu'] else 'no':3s} cuda={'yes' if kernels['cuda'] else 'no'}")
+        print(f"  {name:28s} cpu={'yes' if kernels['cpu'] else 'no':3s} cuda={'yes' if kernels['cuda'] else 'no':3s} "
+              f"simt={'yes' if kernels['simt'] else 'no'}")
     return 0
 
 
@@ -25,6 +27,12 @@ def _cmd_bench(args) -> int:
     from fastgan import bench
     return bench.main(quick=args.quick, device=args.device, json_path=args.json,
                       families=args.only.split(",") if args.only else None, md_path=args.markdown)
+
+
+def _cmd_selftest(args) -> int:
+    from fastgan import selftest
+    return selftest.main(backends=args.backend.split(",") if args.backend else None,
+                         ops=args.op.split(",") if args.op else None, json_path=args.json, quick=args.quick)
 
 
 class CLIError(Exception):
@@ -219,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--markdown", default=None, help="also write a markdown table to this file")
     pb.add_argument("--only", default=None, help="comma-separated op families (default: all)")
 
+    pst = sub.add_parser("selftest", help="every op on every backend (cpu, cuda, simt) against its float64 reference",
+                         description="Every op on every backend present (cpu; cuda; simt: the CUDA kernels on "
+                         "the emulator) against its float64 reference. Exit status 1 if any fails.")
+    pst.add_argument("--backend", default=None, help="comma-separated: cpu, cuda, simt (default: all present)")
+    pst.add_argument("--op", default=None, help="comma-separated op families (default: all): " + ", ".join(
+        ("bias_act", "batch_norm_act", "conv_transpose2d_act", "gan_loss", "grad_penalty")))
+    pst.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    pst.add_argument("--quick", action="store_true", help="fewer shapes (every kernel still runs once)")
+
     pt = sub.add_parser("train", help="train a GAN; writes samples, curves, metrics and checkpoints",
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
     pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
@@ -266,6 +283,8 @@ def main(argv=None) -> int:
         return _cmd_info(args)
     if args.cmd == "bench":
         return _cmd_bench(args)
+    if args.cmd == "selftest":
+        return _cmd_selftest(args)
     if args.cmd in ("train", "sample"):
         try:
             return _cmd_train(args) if args.cmd == "train" else _cmd_sample(args)

@@ -37,7 +37,9 @@ double backward, and batch_norm_act_backward has an autograd formula of its own 
 """
 import torch
 
+from . import reference
 from ._checks import check_choice, check_tensor
+from ._verify import verified
 
 ACTS = ("linear", "relu", "lrelu")
 _FN = "fastgan.ops.batch_norm_act"
@@ -52,6 +54,7 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@verified("batch_norm_act", reference.batch_norm_act, accumulates=True, mutates=("running_mean", "running_var"))
 def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=False,
                    momentum=0.1, eps=1e-5, act="relu", alpha=0.01, num_batches_tracked=None,
                    memory_efficient=True):

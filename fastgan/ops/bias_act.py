@@ -17,7 +17,9 @@ import math
 
 import torch
 
+from . import reference
 from ._checks import check_choice, check_same_device, check_tensor
+from ._verify import verified
 
 # act -> default alpha (only lrelu and elu use it)
 ACTS = {"linear": 0.0, "relu": 0.0, "lrelu": 0.2, "tanh": 0.0, "sigmoid": 0.0, "elu": 1.0,
@@ -55,6 +57,7 @@ def resolve(fn: str, act, alpha, gain, clamp):
     return alpha, gain, clamp
 
 
+@verified("bias_act", reference.bias_act)
 def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=1):
     """y = clamp(act(x + b broadcast along `dim`) * gain, -clamp, clamp).
 
@@ -230,6 +233,7 @@ class _BiasActInplace(torch.autograd.Function):
         return gx, (gb if need_b else None), None, None, None, None, None
 
 
+@verified("bias_act_", reference.bias_act)
 def bias_act_(x, b=None, *, act="lrelu", alpha=None, gain=None, clamp=None, dim=1):
     """In-place bias_act for linear, relu and lrelu; returns x. The backward keeps a 1-byte mask."""
     fn = "fastgan.ops.bias_act_"

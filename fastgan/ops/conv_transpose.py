@@ -22,7 +22,9 @@ FASTGAN_CONV_TRANSPOSE_VERBOSE=1 prints each decision.
 """
 import torch
 
+from . import reference
 from ._checks import check_tensor
+from ._verify import verified
 from .bias_act import ref_kind, resolve
 
 __all__ = ["conv_transpose2d_act"]
@@ -47,6 +49,7 @@ def _pair(fn: str, name: str, v, minimum: int):
     return v
 
 
+@verified("conv_transpose2d_act", reference.conv_transpose2d_act, accumulates=True)
 def conv_transpose2d_act(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                          *, act="linear", alpha=None, gain=None, clamp=None):
     """F.conv_transpose2d followed by fastgan.ops.bias_act's activation, in one op.

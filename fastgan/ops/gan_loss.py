@@ -16,7 +16,9 @@ import math
 
 import torch
 
+from . import reference
 from ._checks import check_choice, check_tensor
+from ._verify import verified
 
 KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
 REDUCTIONS = ("mean", "sum")
@@ -48,6 +50,7 @@ def _promote(a, b):
     return a.to(t), b.to(t)
 
 
+@verified("d_loss", reference.d_loss, accumulates=True)
 def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=1.0, fake_label=0.0,
            return_stats=False):
     """Discriminator loss: reduce(real terms) + reduce(fake terms), one kernel each way.
@@ -74,6 +77,7 @@ def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=
     return loss
 
 
+@verified("g_loss", reference.g_loss, accumulates=True)
 def g_loss(fake_logits, kind="ns", *, real_logits=None, reduction="mean"):
     """Generator loss on the fake logits, one kernel each way.
 

@@ -12,7 +12,9 @@ import math
 
 import torch
 
+from . import reference
 from ._checks import check_tensor
+from ._verify import verified
 
 
 def _check_number(fn, name, v):
@@ -20,6 +22,7 @@ def _check_number(fn, name, v):
         raise TypeError(f"{fn}: argument '{name}' must be a finite number, got {v!r}")
 
 
+@verified("grad_norm_penalty", reference.grad_norm_penalty, accumulates=True)
 def grad_norm_penalty(grad, weight=1.0, *, center=None):
     """weight * mean_i ||grad_i||^2 (center=None, the R1 form) or weight * mean_i (||grad_i|| - center)^2
     (the WGAN-GP form), norms over all non-batch dims of grad (batch first). One fused op."""
