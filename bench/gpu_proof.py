@@ -5,9 +5,9 @@
 
 builds fastgan with its CUDA kernels for this GPU against the torch that is installed, runs the whole
 test suite, `fastgan selftest`, compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over
-every CUDA kernel (`fastgan selftest --backend cuda --quick` under each tool), and `fastgan bench`,
-then writes bench/results/<gpu>-<date>.json and .md: every stage's outcome, figures and time, the
-commit, and the versions of everything involved. Each stage has a time budget, all of them together
+every CUDA kernel (`fastgan selftest --backend cuda --quick --dtype float16,float32` under each
+tool), and `fastgan bench`, then writes bench/results/<gpu>-<date>.json and .md: every stage's
+outcome, figures and time, the commit, and the versions of everything involved. Each stage has a time budget, all of them together
 under 9 minutes (PROOF_BUDGET_S, default 530 s): a stage that runs out is recorded as such and the
 next one starts. Results are also copied to $OUT when that is set (the lent-GPU tool brings $OUT back).
 
@@ -193,7 +193,7 @@ def main(argv=None):
             continue
         stage(f"compute-sanitizer {tool}",
               [exe, "--tool", tool, "--error-exitcode", "1", py, "-m", "fastgan", "selftest", "--backend", "cuda",
-               "--quick"], budget("sanitizer", 90) / len(TOOLS) * 1.5,
+               "--quick", "--dtype", "float16,float32"], budget("sanitizer", 90) / len(TOOLS) * 1.5,
               lambda rc, out: (rc == 0 and sanitizer_errors(out) == 0,
                                f"{sanitizer_errors(out)} errors" if sanitizer_errors(out) is not None else "no summary"))
 

@@ -32,7 +32,8 @@ def _cmd_bench(args) -> int:
 def _cmd_selftest(args) -> int:
     from fastgan import selftest
     return selftest.main(backends=args.backend.split(",") if args.backend else None,
-                         ops=args.op.split(",") if args.op else None, json_path=args.json, quick=args.quick)
+                         ops=args.op.split(",") if args.op else None, json_path=args.json, quick=args.quick,
+                         dtypes=args.dtype.split(",") if args.dtype else None)
 
 
 class CLIError(Exception):
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("bias_act", "batch_norm_act", "conv_transpose2d_act", "gan_loss", "grad_penalty")))
     pst.add_argument("--json", default=None, help="also write the rows to this JSON file")
     pst.add_argument("--quick", action="store_true", help="fewer shapes (every kernel still runs once)")
+    pst.add_argument("--dtype", default=None, help="comma-separated: float32, float16, bfloat16, float64 "
+                     "(default: all)")
 
     pt = sub.add_parser("train", help="train a GAN; writes samples, curves, metrics and checkpoints",
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")

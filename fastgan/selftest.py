@@ -271,7 +271,7 @@ def format_row(r):
             f"{r['worst']:8.3f} {r['seconds']:6.1f}s  {'pass' if r['ok'] else 'FAIL: ' + r['where']}")
 
 
-def main(backends=None, ops=None, json_path=None, quick=False) -> int:
+def main(backends=None, ops=None, json_path=None, quick=False, dtypes=None) -> int:
     present = backends_present()
     if backends:
         missing = [b for b in backends if b not in present]
@@ -284,7 +284,12 @@ def main(backends=None, ops=None, json_path=None, quick=False) -> int:
           + (f", GPU: {', '.join(info['devices'])}" if info["devices"] else ""))
     print(HEADER)
     t0 = time.perf_counter()
-    rows = run(backends or present, ops, quick=quick)
+    names = {str(d).replace("torch.", ""): d for d in DTYPES}
+    bad = [d for d in dtypes or () if d not in names]
+    if bad:
+        print(f"fastgan selftest: unknown dtype(s) {', '.join(bad)} (choose from {', '.join(names)})")
+        return 2
+    rows = run(backends or present, ops, dtypes=[names[d] for d in dtypes] if dtypes else DTYPES, quick=quick)
     paths = {}
     for backend in backends or present:
         if backend in ("cuda", "simt") and (not ops or "conv_transpose2d_act" in ops):

@@ -51,6 +51,24 @@ SideDev<scalar_t> side_dev(const Problem& p, int i) {
   return d;
 }
 
+// One side's elements i = begin, begin + step, ... < end: writes d loss / d x and adds the terms to
+// l, dz and (kStats) sig, the accumulators of that side.
+template <typename scalar_t, Form F, bool kStats>
+__device__ __forceinline__ void side_terms(const SideDev<scalar_t>& s, int64_t begin, int64_t end, int64_t step,
+                                           acc_t<scalar_t> t, acc_t<scalar_t>& l_sum, acc_t<scalar_t>& dz_sum,
+                                           acc_t<scalar_t>& sig_sum) {
+  using acc = acc_t<scalar_t>;
+  for (int64_t i = begin; i < end; i += step) {
+    const acc x = acc(s.x[i]);
+    acc l, d, dz;
+    term<F>(x, s.a, s.s, s.b, t, l, d, dz);
+    s.g[i] = s.scale * d;
+    l_sum += l;
+    dz_sum += dz;
+    if (kStats) sig_sum += sigmoid_of(x);
+  }
+}
+
 template <typename scalar_t, Form F, bool kCoupled, bool kStats>
 __global__ void __launch_bounds__(kThreads)
 loss_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>* loss, acc_t<scalar_t>* stats) {
@@ -68,24 +86,8 @@ loss_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>* loss, a
   }
   // v: [l0, l1, sigmoid0, sigmoid1, dz0, dz1]
   acc v[6] = {0, 0, 0, 0, 0, 0};
-  for (int64_t i = tid; i < s0.n; i += nt) {
-    const acc x = acc(s0.x[i]);
-    acc l, d, dz;
-    term<F>(x, s0.a, s0.s, s0.b, t0, l, d, dz);
-    s0.g[i] = s0.scale * d;
-    v[0] += l;
-    v[4] += dz;
-    if (kStats) v[2] += sigmoid_of(x);
-  }
-  for (int64_t i = tid; i < s1.n; i += nt) {
-    const acc x = acc(s1.x[i]);
-    acc l, d, dz;
-    term<F>(x, s1.a, s1.s, s1.b, t1, l, d, dz);
-    s1.g[i] = s1.scale * d;
-    v[1] += l;
-    v[5] += dz;
-    if (kStats) v[3] += sigmoid_of(x);
-  }
+  side_terms<scalar_t, F, kStats>(s0, tid, s0.n, nt, t0, v[0], v[4], v[2]);
+  side_terms<scalar_t, F, kStats>(s1, tid, s1.n, nt, t1, v[1], v[5], v[3]);
   block_sum<acc, 6>(v, smem);
   if constexpr (kCoupled) {
     // x_k of side i also moves every z of side j through mean(x_i) (see gan_loss.h).
@@ -155,25 +157,9 @@ terms_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, const acc_t<scalar_t>* 
   acc v[6] = {0, 0, 0, 0, 0, 0};
   int64_t b, e;
   chunk_of(s0.n, nb, b, e);
-  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
-    const acc x = acc(s0.x[i]);
-    acc l, d, dz;
-    term<F>(x, s0.a, s0.s, s0.b, t0, l, d, dz);
-    s0.g[i] = s0.scale * d;
-    v[0] += l;
-    v[4] += dz;
-    if (kStats) v[2] += sigmoid_of(x);
-  }
+  side_terms<scalar_t, F, kStats>(s0, b + threadIdx.x, e, blockDim.x, t0, v[0], v[4], v[2]);
   chunk_of(s1.n, nb, b, e);
-  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
-    const acc x = acc(s1.x[i]);
-    acc l, d, dz;
-    term<F>(x, s1.a, s1.s, s1.b, t1, l, d, dz);
-    s1.g[i] = s1.scale * d;
-    v[1] += l;
-    v[5] += dz;
-    if (kStats) v[3] += sigmoid_of(x);
-  }
+  side_terms<scalar_t, F, kStats>(s1, b + threadIdx.x, e, blockDim.x, t1, v[1], v[5], v[3]);
   block_sum<acc, 6>(v, smem);
   if (threadIdx.x == 0) {
 #pragma unroll
