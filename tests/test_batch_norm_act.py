@@ -188,12 +188,15 @@ def test_backward_op_gradcheck(act, alpha, from_y, training):
     assert torch.autograd.gradcheck(f, (grad, ref, mean, var, w, b, gm, gv))
 
 
-def test_r1_penalty_matches_eager():
-    """An R1 penalty through a BatchNorm discriminator: second derivatives match nn.BatchNorm2d."""
+@pytest.mark.parametrize("memory_efficient", [True, False])
+def test_r1_penalty_matches_eager(memory_efficient):
+    """An R1 penalty through a BatchNorm discriminator: second derivatives match nn.BatchNorm2d to
+    float64 round-off (a slope rounded to float32 in the double backward was 1e-9 off)."""
     torch.manual_seed(1)
 
     def disc(fused):
-        bn = FusedBatchNormAct2d(8, activation="lrelu", negative_slope=0.2) if fused else \
+        bn = FusedBatchNormAct2d(8, activation="lrelu", negative_slope=0.2,
+                                 memory_efficient=memory_efficient) if fused else \
             nn.Sequential(nn.BatchNorm2d(8), nn.LeakyReLU(0.2))
         return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), bn, nn.Conv2d(8, 1, 4, 1, 0))
 
@@ -216,7 +219,7 @@ def test_r1_penalty_matches_eager():
         out.append((pen, grads))
     _close(out[0][0], out[1][0], **TOL[torch.float64])
     for a, r in zip(out[0][1], out[1][1]):
-        _close(a, r, rtol=1e-8, atol=1e-9)
+        _close(a, r, **TOL[torch.float64])
 
 
 # ---- torch.library checks -------------------------------------------------------------------
@@ -378,11 +381,13 @@ def test_state_dict_both_ways_and_repr():
     bn2.load_state_dict(m.state_dict())
     for k, v in bn.state_dict().items():
         assert torch.equal(m.state_dict()[k], v) and torch.equal(bn2.state_dict()[k], v)
-    # an old checkpoint without num_batches_tracked loads, as into nn.BatchNorm2d
+    # an old checkpoint without num_batches_tracked loads, as into nn.BatchNorm2d (whose count after
+    # it depends on the torch version: torch 2.13 keeps the module's own)
     old = collections.OrderedDict((k, v) for k, v in bn.state_dict().items() if k != "num_batches_tracked")
     old._metadata = {"": {"version": 1}}
     m.load_state_dict(old)
-    assert m.num_batches_tracked.item() == 0
+    bn2.load_state_dict(old)
+    assert m.num_batches_tracked.item() == bn2.num_batches_tracked.item()
     assert "activation='lrelu'" in repr(m) and "negative_slope=0.2" in repr(m)
     assert copy.deepcopy(m).state_dict().keys() == m.state_dict().keys()
 
@@ -542,12 +547,15 @@ def test_bad_inputs_module():
             m(bad)
         with pytest.raises(ValueError, match="expected 4D input"):
             e(bad)
-    with pytest.raises(ValueError, match="\\(3,\\)"):
+    # a channel mismatch is a RuntimeError in nn.BatchNorm2d, so here too (naming num_features)
+    with pytest.raises(RuntimeError, match="num_features"):
         m(torch.randn(2, 4, 5, 5))
+    with pytest.raises(RuntimeError):
+        e(torch.randn(2, 4, 5, 5))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         m(torch.randn(1, 3, 1, 1))
     with pytest.raises(ValueError, match="'activation'"):
-        FusedBatchNormAct2d(3, activation="elu")
+        FusedBatchNormAct2d(3, activation="prelu")
 
 
 @pytest.mark.parametrize("device", CUDA_PATHS)

@@ -205,7 +205,8 @@ def _bwd_backward(ctx, ggx, ggw, ggb):
     if from_y:
         if act == "lrelu":
             pos = refc > 0
-            s = torch.where(pos, 1.0, alpha).to(dt)
+            # a tensor alpha: torch.where of two Python scalars is float32 (alpha rounded to 24 bits)
+            s = torch.where(pos, 1.0, refc.new_full((), alpha))
             z = torch.where(pos, refc, refc / alpha)
         else:
             s = torch.ones_like(refc)
@@ -220,7 +221,7 @@ def _bwd_backward(ctx, ggx, ggw, ggb):
         elif act == "relu":
             s = (zz > 0).to(dt)
         else:
-            s = torch.where(zz > 0, 1.0, alpha).to(dt)
+            s = torch.where(zz > 0, 1.0, refc.new_full((), alpha))
     g = d * s
     Sg, Sgx = csum(g), csum(g * xh)
     wr = w * r
