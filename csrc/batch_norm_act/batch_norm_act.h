@@ -222,7 +222,7 @@ inline at::Tensor acc_vec(const c10::optional<at::Tensor>& t, at::ScalarType acc
 //       eval: mean/var already hold the running statistics. Then y = act(x * scale + shift).
 //   backward(g, refd, layout, mean, var, w, b, gm, gv, training, eps, act, alpha, ref,
 //            gx, dw_acc, db_acc)
-//   update(rm, rv, mean, var, nbt or undefined, momentum (<0: cumulative), count)
+//   update(rm, rv, mean, var, nbt or undefined, momentum (ignored when nbt is defined: cumulative), count)
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
@@ -351,7 +351,7 @@ void update_impl(at::Tensor& running_mean, at::Tensor& running_var, const at::Te
   }
   if (count == 0 || C == 0) return;  // an empty batch leaves the statistics alone, as in PyTorch
   Kernels::update(running_mean, running_var, mean.contiguous(), var.contiguous(), nbt,
-                  momentum.has_value() ? *momentum : -1.0, count);
+                  momentum.has_value() ? *momentum : 0.0, count);
 }
 
 }  // namespace batch_norm_act

@@ -312,7 +312,7 @@ struct CpuKernels {
   static void update(at::Tensor& rm, at::Tensor& rv, const at::Tensor& mean, const at::Tensor& var,
                      const at::Tensor& nbt, double momentum, int64_t count) {
     double factor = momentum;
-    if (momentum < 0) factor = 1.0 / double(std::max<int64_t>(nbt.item<int64_t>(), 1));
+    if (nbt.defined()) factor = 1.0 / double(std::max<int64_t>(nbt.item<int64_t>(), 1));  // momentum=None
     at::Tensor m = mean.to(at::kDouble).contiguous(), v = var.to(at::kDouble).contiguous();
     const double* mp = m.const_data_ptr<double>();
     const double* vp = v.const_data_ptr<double>();

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from ..ops.bias_act import ACTS, bias_act, bias_act_
+from . import _torch_errors
 
 
 class FusedLeakyReLU(nn.LeakyReLU):
@@ -13,6 +14,8 @@ class FusedLeakyReLU(nn.LeakyReLU):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _torch_errors.floating_input("FusedLeakyReLU", input, NotImplementedError)
+        _torch_errors.number("FusedLeakyReLU", "negative_slope", self.negative_slope)
         if self.inplace:
             return bias_act_(input, None, act="lrelu", alpha=self.negative_slope)
         return bias_act(input, None, act="lrelu", alpha=self.negative_slope)

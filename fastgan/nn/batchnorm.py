@@ -6,6 +6,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ..ops.batch_norm_act import ACTS as NATIVE_ACTS
 from ..ops.batch_norm_act import batch_norm_act
 from ..ops.bias_act import ACTS, bias_act
+from . import _torch_errors
 
 # The activation's own default for `negative_slope=None`: nn.LeakyReLU's slope, nn.ELU's alpha.
 _DEFAULT_ALPHA = {"lrelu": 0.01, "elu": 1.0}
@@ -46,17 +47,31 @@ class FusedBatchNormAct2d(_NormBase):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # nn.BatchNorm2d's checks, with its exception types (the op's own say ValueError throughout)
+        cls = "FusedBatchNormAct2d"
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
-        if input.shape[1] != self.num_features and (self.affine or self.track_running_stats):
-            raise RuntimeError(f"FusedBatchNormAct2d: input has {input.shape[1]} channels, the module "
-                               f"{self.num_features} (num_features)")
-        if not input.is_floating_point():
-            raise RuntimeError(f"FusedBatchNormAct2d: input must be a floating-point tensor, got {input.dtype}")
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-        # as nn.BatchNorm2d: batch statistics in training, and in eval when no running stats are kept
+            self.num_batches_tracked.add_(1)  # before the other checks, as nn.BatchNorm2d
+        _torch_errors.floating_input(cls, input, NotImplementedError)
+        _torch_errors.number(cls, "momentum", self.momentum, allow_none=True)
+        _torch_errors.number(cls, "eps", self.eps)
+        _torch_errors.same_device(cls, input, {"weight": self.weight, "bias": self.bias,
+                                               "running_mean": self.running_mean})
+        stats = self.affine or self.running_mean is not None
+        if input.shape[1] == 0 and stats:
+            raise IndexError(f"{cls}: input has no channels (nn.BatchNorm2d raises IndexError too)")
+        if input.shape[1] != self.num_features and stats:
+            raise RuntimeError(f"{cls}: input has {input.shape[1]} channels, the module "
+                               f"{self.num_features} (num_features)")
         use_batch_stats = self.training or self.running_mean is None
+        if use_batch_stats and input.shape[0] * input.shape[2] * input.shape[3] == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"{tuple(input.shape)}")
+        if use_batch_stats and not self.eps > 0:
+            raise ValueError(f"{cls}: eps must be positive during training, got {self.eps}")
+        if self.eps < 0:
+            raise ValueError(f"{cls}: eps must be non-negative, got {self.eps}")
+        # as nn.BatchNorm2d: batch statistics in training, and in eval when no running stats are kept
         keep = not self.training or self.track_running_stats
         act = self.activation
         native = act in NATIVE_ACTS

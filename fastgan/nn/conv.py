@@ -5,6 +5,8 @@ from torch import nn
 
 from ..ops.bias_act import ACTS, bias_act, bias_act_
 from ..ops.conv_transpose import conv_transpose2d_act
+from ..ops.reference import act_fn
+from . import _torch_errors
 
 # The activation's own default for `negative_slope=None`: lrelu's slope (DCGAN's 0.2), elu's alpha.
 _DEFAULT_ALPHA = {"lrelu": 0.2, "elu": 1.0}
@@ -64,6 +66,12 @@ class FusedConv2d(nn.Conv2d):
         if act == "linear" and self.bias is None and self.gain == 1.0:
             return y
         dim = 1 if y.dim() == 4 else 0
+        if y.numel() == 0 or (self.bias is not None and self.bias.device != y.device):
+            # what nn.Conv2d does with these (an empty output, a meta input), nothing to fuse
+            if self.bias is not None:
+                y = self._conv_forward(input, self.weight, self.bias)
+            a = act_fn(act, y, _alpha(self) if act in _DEFAULT_ALPHA else 0.0)
+            return a * self.gain if self.gain != 1.0 else a
         if act in _INPLACE_ACTS and not torch.compiler.is_compiling():
             return bias_act_(y, self.bias, act=act, alpha=_alpha(self), gain=self.gain, dim=dim)
         return bias_act(y, self.bias, act=act, alpha=_alpha(self), gain=self.gain, dim=dim)
@@ -97,6 +105,8 @@ class FusedConvTranspose2d(nn.ConvTranspose2d):
             raise ValueError("Only `zeros` padding mode is supported for FusedConvTranspose2d")
         output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
                                               2, self.dilation)
+        _torch_errors.floating_input("FusedConvTranspose2d", input)
+        _torch_errors.conv_args("FusedConvTranspose2d", self.stride, self.padding, output_padding, self.dilation)
         return conv_transpose2d_act(input, self.weight, self.bias, self.stride, self.padding, output_padding,
                                     self.groups, self.dilation, act=self.activation or "linear",
                                     alpha=_alpha(self), gain=self.gain)
