@@ -32,23 +32,18 @@ _HEADS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)
 _FASTGAN = (FusedConv2d, FusedConvTranspose2d, FusedLeakyReLU, FusedBatchNormAct2d)
 
 
+_PLAIN_ACTS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu", nn.SiLU: "silu"}
+
+
 def _activation(m: nn.Module) -> Tuple[Optional[str], Optional[float], str]:
     """(bias_act name, alpha, why not) of an activation module; name None if it has no fused form."""
     t = type(m)
-    if t is nn.ReLU:
-        return "relu", None, ""
+    if t in _PLAIN_ACTS:
+        return _PLAIN_ACTS[t], None, ""
     if t in (nn.LeakyReLU, FusedLeakyReLU):
         return "lrelu", float(m.negative_slope), ""
-    if t is nn.Tanh:
-        return "tanh", None, ""
-    if t is nn.Sigmoid:
-        return "sigmoid", None, ""
     if t is nn.ELU:
         return "elu", float(m.alpha), ""
-    if t is nn.SELU:
-        return "selu", None, ""
-    if t is nn.SiLU:
-        return "silu", None, ""
     if t is nn.GELU:
         if m.approximate == "none":
             return "gelu", None, ""
