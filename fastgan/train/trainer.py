@@ -32,6 +32,11 @@ def _unwrap(m):
     return getattr(m, "module", m)
 
 
+def _acc(t):
+    """Logits/penalties for the losses: fp16/bf16 (autocast) up to fp32; fp64 stays fp64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _check_pos(name, v, *, allow_zero=False, kind=(int,)):
     ok = isinstance(v, kind) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
     if not ok:
@@ -216,15 +221,15 @@ class GANTrainer:
                     real = real.detach().requires_grad_(True)
                 real_logits = D(real)
                 fake_logits = D(fake.detach())
-            ld, st = ops.d_loss(real_logits.float(), fake_logits.float(), kind, return_stats=True)
+            ld, st = ops.d_loss(_acc(real_logits), _acc(fake_logits), kind, return_stats=True)
             total = ld
             if do_r1:
-                r1 = ops.r1_penalty(real_logits.float(), real, gamma=self.r1_gamma)
+                r1 = ops.r1_penalty(_acc(real_logits), real, gamma=self.r1_gamma)
                 total = total + r1 * self.r1_every
             if self.gp_weight > 0:
                 with self._autocast():
                     gp = ops.gradient_penalty(D, real.detach(), fake.detach(), weight=self.gp_weight)
-                gp = gp.float()
+                gp = _acc(gp)
                 total = total + gp
             self.opt_d.zero_grad(set_to_none=True)
             self._backward_step(total, self.opt_d, self.scaler_d)
@@ -232,17 +237,22 @@ class GANTrainer:
         # generator update: D frozen (no weight gradients; under DDP no all-reduce of D either)
         single = self.world == 1
         if single:
+            frozen = [not p.requires_grad for p in self.discriminator.parameters()]
             self.discriminator.requires_grad_(False)
         ctx = D.no_sync() if hasattr(D, "no_sync") else _null()
         with ctx:
             with self._autocast():
                 fl = D(fake)
-            lg = ops.g_loss(fl.float(), kind,
-                              real_logits=real_logits.detach().float() if kind == "rals" else None)
+                rl = None
+                if kind == "rals":  # the real logits of the updated D too, like the fake ones
+                    with torch.no_grad():
+                        rl = D(real.detach())
+            lg = ops.g_loss(_acc(fl), kind, real_logits=None if rl is None else _acc(rl))
             self.opt_g.zero_grad(set_to_none=True)
             self._backward_step(lg, self.opt_g, self.scaler_g)
-        if single:
-            self.discriminator.requires_grad_(True)
+        if single:  # back as it was: parameters the user froze stay frozen
+            for p, f in zip(self.discriminator.parameters(), frozen):
+                p.requires_grad_(not f)
         if self.ema is not None:
             self._update_ema()
         self.step += 1
