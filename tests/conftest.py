@@ -8,14 +8,33 @@ The "device" parameter of the op tests takes three values:
          runs without a GPU. Skipped when fastgan was built without FASTGAN_SIMT=1, unless
          FASTGAN_REQUIRE_SIMT=1 (CI), which makes a missing SIMT build an error.
 """
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 
 # Seeded quality tests (mode coverage, Frechet distance) train GANs, whose trajectories amplify the
 # last bit of every matrix product: MKL's code path depends on the CPU (AVX2, AVX-512), so a seed that
 # covers every mode on one machine may not on another. MKL's compatible path gives the same bits on
 # every x86-64 CPU (it must be chosen before MKL starts, hence before torch is imported).
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+# The suite leaves the user's home alone: the feature-net cache (fastgan.train.metrics.cache_dir(),
+# ~/.cache/fastgan by default) goes to a fresh folder per session, so every session also exercises the
+# cache-miss path. Set before fastgan is imported, and inherited by the CLI subprocesses. A caller's
+# own FASTGAN_CACHE is respected (and left in place).
+if not os.environ.get("FASTGAN_CACHE"):
+    SESSION_CACHE = tempfile.mkdtemp(prefix="fastgan-test-cache-")
+    os.environ["FASTGAN_CACHE"] = SESSION_CACHE
+    _CACHE_OWNER = os.getpid()
+
+    @atexit.register
+    def _remove_session_cache():
+        if os.getpid() == _CACHE_OWNER:  # not from a forked child
+            shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+else:
+    SESSION_CACHE = None
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -38,7 +57,7 @@ TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-10),
     torch.float32: dict(atol=1e-5, rtol=1e-5),
     torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+    torch.bfloat16: dict(atol=5e-3, rtol=5e-3),
 }
 
 

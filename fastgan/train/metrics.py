@@ -60,8 +60,8 @@ def cache_dir() -> str:
     return d
 
 
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha1(f"featurenet-v2 {tuple(x.shape)} {int(y.max()) + 1}".encode())
+def _fingerprint(x: torch.Tensor, y: torch.Tensor, settings: str = "") -> str:
+    h = hashlib.sha1(f"featurenet-v2 {tuple(x.shape)} {int(y.max()) + 1} {settings}".encode())
     step = max(1, x.shape[0] // 4096)
     h.update(x[::step].contiguous().float().numpy().tobytes())
     h.update(y.numpy().astype(np.int64).tobytes())
@@ -75,7 +75,9 @@ def train_feature_net(x: torch.Tensor, y: torch.Tensor, *, steps: int = 400, bat
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = FeatureNet(x.shape[1], int(y.max()) + 1)
-    path = os.path.join(cache_dir(), f"featurenet-{_fingerprint(x, y)}.pt")
+    # the training settings are part of the key: a cached net is exactly the one this call would train
+    key = _fingerprint(x, y, f"steps={steps} batch_size={batch_size} seed={seed}")
+    path = os.path.join(cache_dir(), f"featurenet-{key}.pt")
     if cache and os.path.exists(path):
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
