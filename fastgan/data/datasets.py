@@ -262,6 +262,8 @@ def _image_folder(root: str, image_size) -> GANDataset:
     mode = "L" if gray else "RGB"
     out = np.empty((len(imgs), 1 if gray else 3, size, size), np.uint8)
     for i, im in enumerate(imgs):
+        if im.mode.startswith("I"):  # 16-bit grey PNG, 0..65535: scale (convert("L") would clip at 255)
+            im = Image.fromarray(np.clip(np.rint(np.asarray(im, np.float64) / 257), 0, 255).astype(np.uint8))
         im = im.convert(mode)
         w, h = im.size
         s = size / min(w, h)
