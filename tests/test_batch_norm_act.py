@@ -144,12 +144,14 @@ def test_stats_large_mean_small_spread():
 
 
 # ---- gradients ------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("memory_efficient", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("act,alpha", ACTS)
-def test_gradcheck_gradgradcheck(act, alpha, training, memory_efficient):
-    x = _x((3, 4, 3, 2)).requires_grad_()
-    w, b, rm, rv = _params(4)
+def test_gradcheck_gradgradcheck(act, alpha, training, memory_efficient, device):
+    """First and second derivatives on every code path (cuda, simt: the CUDA kernels, float64)."""
+    x = _x((3, 4, 3, 2), device=device).requires_grad_()
+    w, b, rm, rv = _params(4, device)
     w.requires_grad_()
     b.requires_grad_()
 
@@ -161,26 +163,26 @@ def test_gradcheck_gradgradcheck(act, alpha, training, memory_efficient):
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
 
-def test_gradgradcheck_no_affine_channels_last():
-    x = _x((3, 4, 3, 2), layout="channels_last").requires_grad_()
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradgradcheck_no_affine_channels_last(device):
+    x = _x((3, 4, 3, 2), device=device, layout="channels_last").requires_grad_()
     f = lambda x: batch_norm_act(x, None, None, None, None, training=True, act="lrelu", alpha=0.1)  # noqa: E731
     assert torch.autograd.gradgradcheck(f, (x,))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("act,alpha,from_y", [("lrelu", 0.2, True), ("linear", 0.0, True), ("relu", 0.0, False),
                                               ("lrelu", 0.2, False)])
-def test_backward_op_gradcheck(act, alpha, from_y, training):
+def test_backward_op_gradcheck(act, alpha, from_y, training, device):
     """The backward op's own autograd formula (used by double backward), every input incl. grad_mean/var."""
     C = 3
-    ref = _x((2, C, 3, 2)).requires_grad_()
+    ref = _x((2, C, 3, 2), device=device).requires_grad_()
     grad = torch.randn_like(ref).requires_grad_()
-    mean = torch.randn(C, dtype=torch.float64).requires_grad_()
-    var = (torch.rand(C, dtype=torch.float64) + 0.5).requires_grad_()
-    w = (torch.rand(C, dtype=torch.float64) + 0.5).requires_grad_()
-    b = torch.randn(C, dtype=torch.float64).requires_grad_()
-    gm = torch.randn(C, dtype=torch.float64).requires_grad_()
-    gv = torch.randn(C, dtype=torch.float64).requires_grad_()
+    mean, var, w, b, gm, gv = (t.to(device).requires_grad_() for t in (
+        torch.randn(C, dtype=torch.float64), torch.rand(C, dtype=torch.float64) + 0.5,
+        torch.rand(C, dtype=torch.float64) + 0.5, torch.randn(C, dtype=torch.float64),
+        torch.randn(C, dtype=torch.float64), torch.randn(C, dtype=torch.float64)))
 
     def f(grad, ref, mean, var, w, b, gm, gv):
         return ops.batch_norm_act_backward(grad, ref, mean, var, w, b, gm, gv, training, 1e-5, act, alpha, from_y)
@@ -585,3 +587,44 @@ def test_cuda_errors_and_large_4x4_batch(device):
                     _close(a.double().cpu(), r, **_tol(dtype, r))
                 _close(rm1.double().cpu(), rm2, rtol=1e-5, atol=1e-5)
                 _close(rv1.double().cpu(), rv2, rtol=1e-5, atol=1e-5)
+
+
+# ---- the fp16/bf16 tolerances bite ------------------------------------------------------------
+# A kernel off by a little (lrelu slope 0.21 for 0.2, output gain x1.01, bias + 0.01) must fail
+# test_dtypes' comparisons (_tol: TOL[dtype] with atol scaled by the largest value) on its inputs,
+# while the correctly rounded result passes them. Where _tol is too loose for that, the case is a
+# strict xfail that says so (an XPASS, a failure, once the tolerance is tightened); none is now.
+BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}  # alpha, gain x, b +
+
+def _fails(got, want, **tol):
+    try:
+        torch.testing.assert_close(got, want, **tol)
+    except AssertionError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("dtype,bug", [
+    (torch.float16, "slope"), (torch.float16, "gain"), (torch.float16, "bias"),
+    (torch.bfloat16, "slope"), (torch.bfloat16, "gain"), (torch.bfloat16, "bias")], ids=str)
+def test_dtypes_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug, mixed):
+    """test_dtypes(act="lrelu", alpha=0.2) on its inputs: y and the gradients of x, weight, bias."""
+    x64 = _x((8, 6, 5, 5))
+    w64, b64, rm64, rv64 = _params(6)
+    g64 = torch.randn_like(x64)
+    pdt = torch.float32 if mixed else dtype
+    x64, g64 = x64.to(dtype).double(), g64.to(dtype).double()
+    w64, b64, rm64, rv64 = (t.to(pdt).double() for t in (w64, b64, rm64, rv64))
+
+    def run(alpha, k, shift):
+        fn = lambda *a, **kw: k * reference.batch_norm_act(*a, **kw)  # noqa: E731
+        y, grads, *_ = _run(fn, x64, w64, b64 + shift, rm64, rv64, g64, training=True, act="lrelu", alpha=alpha)
+        return [y.detach()] + list(grads)
+
+    want = run(0.2, 1.0, 0.0)
+    bad = run(*BUGS[bug])
+    dtypes = (dtype, dtype, pdt, pdt)  # y, grad x: x's dtype; grad weight, grad bias: the parameters'
+    for r, d in zip(want, dtypes):
+        assert not _fails(r.to(d).double(), r, **_tol(dtype, r))
+    assert any(_fails(a.to(d).double(), r, **_tol(dtype, r)) for a, r, d in zip(bad, want, dtypes))

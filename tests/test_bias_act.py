@@ -358,9 +358,18 @@ def test_cuda_matches_cpu(dtype, device):
             with cpu_kernels() if side == "cpu" else contextlib.nullcontext():
                 y = bias_act(xx, bb, act="lrelu", gain=1.4, clamp=1.5, dim=dim)
                 res.append([t.cpu().double() for t in (y, *torch.autograd.grad(y, (xx, bb), g.to(dev)))])
-        tol = TOL[dtype]
-        for a, c in zip(*res):
-            torch.testing.assert_close(c, a, atol=tol["atol"] * 100, rtol=tol["rtol"] * 10)
+        n = x.numel() // b.numel()  # terms of each bias-gradient sum
+        for what, a, c in zip(("y", "grad x", "grad b"), *res):
+            torch.testing.assert_close(c, a, **_cuda_vs_cpu_tol(dtype, what, n), msg=lambda m: f"{what}: {m}")
+
+
+def _cuda_vs_cpu_tol(dtype, what, n):
+    """Both sides compute in fp32 (fp64) and round once: y and grad x agree to the dtype's rounding
+    (TOL; the emulator gives the same bits); the bias gradient sums n terms in another order."""
+    tol = dict(TOL[dtype])
+    if what == "grad b":
+        tol["atol"] *= n
+    return tol
 
 
 @pytest.mark.cuda
@@ -383,3 +392,79 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(y, F.leaky_relu(x + b.view(1, -1, 1, 1), 0.2))
+
+
+# ---- the fp16/bf16 tolerances bite ------------------------------------------------------------
+# A kernel off by a little (lrelu slope 0.21 for 0.2, gain x1.01, bias + 0.01) must fail the
+# comparisons above at the tolerances they use, on the inputs they use, while the correctly rounded
+# result passes them. Where a tolerance is too loose for that, the case is a strict xfail that says
+# so: it turns into a failure (XPASS) once the tolerance is tightened, so that the marker goes.
+BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}  # alpha, gain x, b +
+
+
+def _fails(got, want, **tol):
+    try:
+        torch.testing.assert_close(got, want, **tol)
+    except AssertionError:
+        return True
+    return False
+
+
+def _too_loose(why):
+    return pytest.mark.xfail(strict=True, reason=f"tolerance too loose: {why}")
+
+
+HALF_CASES = [(torch.float16, "slope"), (torch.float16, "gain"), (torch.float16, "bias"),
+              (torch.bfloat16, "slope"), (torch.bfloat16, "gain"), (torch.bfloat16, "bias")]
+
+
+@pytest.mark.parametrize("dtype,bug", HALF_CASES, ids=str)
+def test_values_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
+    """test_matches_reference_every_layout's comparison (TOL[dtype]), on its inputs and parameters."""
+    base, _ = layouts((3, 6, 5, 7), "cpu", dtype)
+    b = torch.randn(6, dtype=dtype)
+    alpha, k, shift = BUGS[bug]
+    x = base.to(dtype)
+    for clamp, gain in ((None, 1.0), (0.7, 1.6)):
+        want = ref64(x, b, act="lrelu", gain=gain, clamp=clamp)
+        assert not _fails(want.to(dtype).double(), want, **TOL[dtype])
+        bad = reference.bias_act(x.double(), b.double() + shift, act="lrelu", alpha=alpha, gain=gain * k,
+                                 clamp=clamp).to(dtype)
+        assert _fails(bad.double(), want, **TOL[dtype]), f"{bug} passes at clamp={clamp}, gain={gain}"
+
+
+@pytest.mark.parametrize("dtype,bug", HALF_CASES, ids=str)
+def test_cuda_vs_cpu_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
+    """test_cuda_matches_cpu's comparison of y, on its first input (the CPU side taken as exact)."""
+    x = torch.randn((8, 64, 32, 32), dtype=dtype)
+    b = torch.randn(64, dtype=dtype)
+    alpha, k, shift = BUGS[bug]
+    cpu = ref64(x, b, act="lrelu", gain=1.4, clamp=1.5).to(dtype).double()
+    bad = reference.bias_act(x.double(), b.double() + shift, act="lrelu", alpha=alpha, gain=1.4 * k,
+                             clamp=1.5).to(dtype).double()
+    assert _fails(bad, cpu, **_cuda_vs_cpu_tol(dtype, "y", 8 * 32 * 32))
+
+
+@pytest.mark.parametrize("bug", ["slope", pytest.param("gain", marks=_too_loose(
+    "test_gradients_match_reference compares bfloat16 gradients at 5e-2: a 1% gain error passes, and a "
+    "wrong slope is caught only where it moves an element across the clamp"))])
+def test_bf16_gradient_tolerance_catches_a_wrong_slope_or_gain(bug):
+    """test_gradients_match_reference's bfloat16 comparison of grad x (5e-2, away from the clamp)."""
+    alpha, k, _ = BUGS[bug]
+    caught = []
+    for shape in ((4, 16, 3, 3), (4, 16, 4, 4), (2, 5, 3, 2)):
+        base, _ = layouts(shape, "cpu", torch.bfloat16)
+        b = torch.randn(shape[1], dtype=torch.bfloat16)
+        g = torch.randn(shape, dtype=torch.bfloat16)
+
+        def grad_x(alpha, k):
+            x64 = base.to(torch.bfloat16).double().requires_grad_()
+            y64 = reference.bias_act(x64, b.double(), act="lrelu", alpha=alpha, gain=1.4 * k, clamp=0.8)
+            return torch.autograd.grad(y64, x64, g.double())[0], y64.detach()
+
+        want, y64 = grad_x(0.2, 1.0)
+        far = (y64.abs() - 0.8).abs() > 0.02
+        bad = grad_x(alpha, k)[0].to(torch.bfloat16).double()
+        assert not _fails(want.to(torch.bfloat16).double() * far, want * far, atol=5e-2, rtol=5e-2)
+        caught.append(_fails(bad * far, want * far, atol=5e-2, rtol=5e-2))
+    assert any(caught)

@@ -15,7 +15,10 @@ def test_info_reports_versions_and_kernels():
     assert info["fastgan"] == fastgan.__version__
     assert _ext.major_minor(info["torch_built"]) == _ext.major_minor(torch.__version__)
     assert info["torch_running"] == torch.__version__
-    assert isinstance(info["cuda_compiled"], bool)
+    # what the build recorded agrees with itself and with the running torch
+    assert info["cuda_compiled"] == (info["cuda_version_built"] is not None)
+    assert info["cuda_available"] == torch.cuda.is_available()
+    assert len(info["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     for name in ("bias_act", "bias_act_backward", "bias_act_"):
         assert info["ops"][name]["cpu"] is True
         assert info["ops"][name]["cuda"] is info["cuda_compiled"]

@@ -417,6 +417,48 @@ def test_cuda_forward_backward(path, device):
         torch.testing.assert_close(a.double(), b, atol=2e-2, rtol=2e-2)
 
 
+CUDA_GRAD_CFGS = [  # tiny: on the emulator gradgradcheck runs the kernels hundreds of times
+    dict(n=1, cin=4, cout_g=1, h=2, w=2, k=(3, 3), s=(2, 2), p=(1, 1), op=(1, 0), g=2, d=(1, 1), bias=True, cl=False),
+    dict(n=1, cin=3, cout_g=1, h=2, w=3, k=(2, 2), s=(1, 2), p=(0, 1), op=(0, 1), g=3, d=(1, 1), bias=True, cl=True),
+    dict(n=2, cin=2, cout_g=2, h=2, w=2, k=(3, 2), s=(2, 1), p=(1, 0), op=(1, 0), g=1, d=(2, 2), bias=True, cl=False),
+    dict(n=1, cin=2, cout_g=2, h=2, w=3, k=(4, 4), s=(2, 2), p=(1, 1), op=(0, 0), g=1, d=(1, 1), bias=False, cl=True),
+]
+
+
+@pytest.mark.parametrize("device", CUDA_PATHS)
+@with_path("auto")
+@pytest.mark.parametrize("act,ci", [("lrelu", 0), ("tanh", 1), ("gelu", 2), ("relu", 3), ("swish", 0), ("linear", 2)])
+def test_cuda_backward_groups_dilation_float64(path, act, ci, device):
+    """The CUDA backward (bias_act_backward's kernel + the convolution backward) in float64 with groups 2
+    and 3, dilation 2, channels_last: gradients of the right shapes, equal to F.conv_transpose2d's, and
+    gradcheck/gradgradcheck. (float64, groups and dilation run the aten forward: the fused CUDA kernel
+    takes float16/bfloat16/float32, groups 1, dilation 1.)"""
+    if device == "cuda" and not _bias_act_on_cuda():
+        pytest.skip("the CUDA backward needs bias_act's CUDA kernels (fastgan::bias_act_backward)")
+    cfg = CUDA_GRAD_CFGS[ci]
+    x, w, b = make(cfg, device=device, requires_grad=True)
+    inputs = (x, w) + ((b,) if b is not None else ())
+    clamp = 1.5 if act == "linear" else None
+
+    def f(*t):
+        return conv_transpose2d_act(t[0], t[1], t[2] if len(t) > 2 else None, *conv_args(cfg), act=act, gain=1.2,
+                                    clamp=clamp)
+
+    y = f(*inputs)
+    assert y.dtype == torch.float64 and y.device == x.device
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, inputs, gy)
+    twins = [t.detach().clone().requires_grad_() for t in inputs]
+    ref = reference.conv_transpose2d_act(twins[0], twins[1], twins[2] if len(twins) > 2 else None, *conv_args(cfg),
+                                         act=act, gain=1.2, clamp=clamp)
+    torch.testing.assert_close(y, ref, **TOL[torch.float64])
+    for a, r, t in zip(got, torch.autograd.grad(ref, twins, gy), inputs):
+        assert a.shape == t.shape and a.dtype == torch.float64
+        torch.testing.assert_close(a, r, **TOL[torch.float64])
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+
+
 SANITIZER_SCRIPT = """
 import os, torch
 os.environ["FASTGAN_CONV_TRANSPOSE_PATH"] = "fused"
@@ -465,3 +507,96 @@ def test_info_lists_op():
     assert info["ops"]["conv_transpose2d_act"]["cpu"]
     assert info["ops"]["conv_transpose2d_act"]["cuda"] == (info["cuda_compiled"])
     assert info["ops"]["conv_transpose2d_act"]["simt"] == (info["simt"] is not None)
+
+
+# ---- the fp16/bf16 tolerances bite ------------------------------------------------------------
+# A kernel off by a little (lrelu slope 0.21 for 0.2, gain x1.01, bias + 0.01) must fail the
+# comparisons above at the tolerances they use, on the inputs they use, while the correctly rounded
+# result passes them. Where a tolerance is too loose for that, the case is a strict xfail that says
+# so (an XPASS, a failure, once the tolerance is tightened).
+BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}  # alpha, gain x, b +
+
+
+def _fails(got, want, **tol):
+    try:
+        torch.testing.assert_close(got, want, **tol)
+    except AssertionError:
+        return True
+    return False
+
+
+def _too_loose(why):
+    return pytest.mark.xfail(strict=True, reason=f"tolerance too loose: {why}")
+
+
+_DTYPES_LOOSE = ("test_dtypes' atol (rtol x max|y|, max|y| about 5) is 0.01 for float16 and 0.025 for bfloat16: "
+                 "a 0.01 bias passes")
+
+
+@pytest.mark.parametrize("dtype,bug", [
+    (torch.float16, "slope"), (torch.float16, "gain"),
+    pytest.param(torch.float16, "bias", marks=_too_loose(_DTYPES_LOOSE)),
+    (torch.bfloat16, "slope"), (torch.bfloat16, "gain"),
+    pytest.param(torch.bfloat16, "bias", marks=_too_loose(_DTYPES_LOOSE))], ids=str)
+def test_dtypes_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
+    """test_dtypes' comparison (atol = TOL[dtype].rtol x max|ref|, rtol = TOL[dtype].rtol), on its inputs."""
+    cfg = dict(n=2, cin=8, cout_g=5, h=6, w=5, k=(4, 4), s=(2, 2), p=(1, 1), op=(1, 0), g=1, d=(1, 1), bias=True,
+               cl=False)
+    x, w, b = make(cfg, dtype)
+    x = x * 0.5
+    alpha, k, shift = BUGS[bug]
+    ref = reference.conv_transpose2d_act(x.double(), w.double(), b.double(), *conv_args(cfg), act="lrelu")
+    bad = reference.conv_transpose2d_act(x.double(), w.double(), b.double() + shift, *conv_args(cfg), act="lrelu",
+                                         alpha=alpha, gain=k).to(dtype).double()
+    tol = TOL[dtype]["rtol"]
+    tol = dict(atol=tol * ref.abs().max().item(), rtol=tol)
+    assert not _fails(ref.to(dtype).double(), ref, **tol)
+    assert _fails(bad, ref, **tol)
+
+
+_BF16_LOOSE = ("test_cuda_fused_kernel compares bfloat16 at atol 2e-2 x max|y| (0.06 here), rtol 2e-2: a 1% gain "
+               "and a 0.01 bias pass")
+
+
+@pytest.mark.parametrize("dtype,bug", [
+    (torch.float16, "slope"), (torch.float16, "gain"), (torch.float16, "bias"), (torch.bfloat16, "slope"),
+    pytest.param(torch.bfloat16, "gain", marks=_too_loose(_BF16_LOOSE)),
+    pytest.param(torch.bfloat16, "bias", marks=_too_loose(_BF16_LOOSE))], ids=str)
+def test_cuda_fused_kernel_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
+    """test_cuda_fused_kernel's comparison (its tolerance table), on the inputs of its first case."""
+    n, cin, cout, h, w, k, s, p, op = CUDA_CASES[0]
+    x = torch.randn(n, cin, h, w, dtype=dtype)
+    wt = torch.randn(cin, cout, k, k, dtype=dtype) / (cin ** 0.5)
+    b = torch.randn(cout, dtype=dtype)
+    alpha, gk, shift = BUGS[bug]
+    kw = dict(act="lrelu", clamp=3.0)
+    ref = reference.conv_transpose2d_act(x.double(), wt.double(), b.double(), s, p, op, gain=1.3, **kw)
+    bad = reference.conv_transpose2d_act(x.double(), wt.double(), b.double() + shift, s, p, op, alpha=alpha,
+                                         gain=1.3 * gk, **kw).to(dtype).double()
+    tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    tol = dict(atol=tol * ref.abs().max().item(), rtol=tol)
+    assert not _fails(ref.to(dtype).double(), ref, **tol)
+    assert _fails(bad, ref, **tol)
+
+
+@pytest.mark.parametrize("bug", [
+    pytest.param("slope", marks=_too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|")),
+    pytest.param("gain", marks=_too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|, rtol 3e-2")),
+    pytest.param("bias", marks=_too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|"))])
+def test_bfloat16_grads_tolerance_catches_a_wrong_slope_gain_or_bias(bug):
+    """test_bfloat16_channels_last_grads' comparison (3e-2 x max|ref|, rtol 3e-2) of y and the gradients."""
+    cfg = dict(n=2, cin=8, cout_g=8, h=4, w=4, k=(4, 4), s=(2, 2), p=(1, 1), op=(0, 0), g=1, d=(1, 1), bias=True,
+               cl=True)
+    x, w, b = make(cfg, torch.bfloat16)
+    gy = torch.randn(2, 8, 8, 8, dtype=torch.bfloat16)  # randn_like(y): the same draws
+    alpha, k, shift = BUGS[bug]
+
+    def run(alpha, k, shift):
+        xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+        y = reference.conv_transpose2d_act(xd, wd, bd + shift, *conv_args(cfg), act="lrelu", alpha=alpha, gain=k)
+        return (y.detach(),) + torch.autograd.grad(y, (xd, wd, bd), gy.double())
+
+    want, bad = run(0.2, 1.0, 0.0), run(alpha, k, shift)
+    tols = [dict(atol=3e-2 * r.abs().max().item(), rtol=3e-2) for r in want]
+    assert not any(_fails(r.bfloat16().double(), r, **t) for r, t in zip(want, tols))
+    assert any(_fails(a.bfloat16().double(), r, **t) for a, r, t in zip(bad, want, tols))
