@@ -78,8 +78,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Each test starts from seed 0 and leaves torch's thread count as it found it (the CLI's
+    --threads sets it process-wide, and float32 results depend on it)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)
 
 
 def cpu_kernels():
