@@ -102,3 +102,32 @@ def _simt_backend(request):
         return
     with fastgan.simt.backend():
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny networks (pytestmark = pytest.mark.usefixtures("one_thread")): one thread
+    is faster, and immune to spinning OpenMP threads on a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# A kernel off by a little must fail a test's comparison at that test's tolerance:
+# lrelu slope 0.21 for 0.2, gain x1.01, bias + 0.01, as (alpha, gain factor, bias shift).
+BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}
+
+
+def fails(got, want, **tol) -> bool:
+    """Whether torch.testing.assert_close(got, want, **tol) rejects got."""
+    try:
+        torch.testing.assert_close(got, want, **tol)
+    except AssertionError:
+        return True
+    return False
+
+
+def too_loose(why):
+    """The mark of a case whose tolerance is known too loose: an XPASS once it is tightened."""
+    return pytest.mark.xfail(strict=True, reason=f"tolerance too loose: {why}")

@@ -10,7 +10,7 @@ from fastgan.bench.batch_norm_act import saved_bytes
 from fastgan.nn import FusedBatchNormAct2d
 from fastgan.ops import batch_norm_act, reference
 
-from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL
+from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, fails, BUGS
 
 ACTS = [("relu", 0.0), ("lrelu", 0.2), ("linear", 0.0)]
 ops = torch.ops.fastgan
@@ -594,14 +594,6 @@ def test_cuda_errors_and_large_4x4_batch(device):
 # test_dtypes' comparisons (_tol: TOL[dtype] with atol scaled by the largest value) on its inputs,
 # while the correctly rounded result passes them. Where _tol is too loose for that, the case is a
 # strict xfail that says so (an XPASS, a failure, once the tolerance is tightened); none is now.
-BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}  # alpha, gain x, b +
-
-def _fails(got, want, **tol):
-    try:
-        torch.testing.assert_close(got, want, **tol)
-    except AssertionError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize("mixed", [False, True])
@@ -626,5 +618,5 @@ def test_dtypes_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug, mixed):
     bad = run(*BUGS[bug])
     dtypes = (dtype, dtype, pdt, pdt)  # y, grad x: x's dtype; grad weight, grad bias: the parameters'
     for r, d in zip(want, dtypes):
-        assert not _fails(r.to(d).double(), r, **_tol(dtype, r))
-    assert any(_fails(a.to(d).double(), r, **_tol(dtype, r)) for a, r, d in zip(bad, want, dtypes))
+        assert not fails(r.to(d).double(), r, **_tol(dtype, r))
+    assert any(fails(a.to(d).double(), r, **_tol(dtype, r)) for a, r, d in zip(bad, want, dtypes))

@@ -13,7 +13,7 @@ from fastgan.ops import bias_act, bias_act_, reference
 from fastgan.ops.bias_act import ref_kind
 from fastgan.nn import FusedBiasAct, FusedLeakyReLU
 
-from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, cpu_kernels
+from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, cpu_kernels, fails, too_loose, BUGS
 
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish", "gelu"]
 
@@ -399,19 +399,6 @@ def test_cuda_graph_capture():
 # comparisons above at the tolerances they use, on the inputs they use, while the correctly rounded
 # result passes them. Where a tolerance is too loose for that, the case is a strict xfail that says
 # so: it turns into a failure (XPASS) once the tolerance is tightened, so that the marker goes.
-BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}  # alpha, gain x, b +
-
-
-def _fails(got, want, **tol):
-    try:
-        torch.testing.assert_close(got, want, **tol)
-    except AssertionError:
-        return True
-    return False
-
-
-def _too_loose(why):
-    return pytest.mark.xfail(strict=True, reason=f"tolerance too loose: {why}")
 
 
 HALF_CASES = [(torch.float16, "slope"), (torch.float16, "gain"), (torch.float16, "bias"),
@@ -427,10 +414,10 @@ def test_values_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
     x = base.to(dtype)
     for clamp, gain in ((None, 1.0), (0.7, 1.6)):
         want = ref64(x, b, act="lrelu", gain=gain, clamp=clamp)
-        assert not _fails(want.to(dtype).double(), want, **TOL[dtype])
+        assert not fails(want.to(dtype).double(), want, **TOL[dtype])
         bad = reference.bias_act(x.double(), b.double() + shift, act="lrelu", alpha=alpha, gain=gain * k,
                                  clamp=clamp).to(dtype)
-        assert _fails(bad.double(), want, **TOL[dtype]), f"{bug} passes at clamp={clamp}, gain={gain}"
+        assert fails(bad.double(), want, **TOL[dtype]), f"{bug} passes at clamp={clamp}, gain={gain}"
 
 
 @pytest.mark.parametrize("dtype,bug", HALF_CASES, ids=str)
@@ -442,10 +429,10 @@ def test_cuda_vs_cpu_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
     cpu = ref64(x, b, act="lrelu", gain=1.4, clamp=1.5).to(dtype).double()
     bad = reference.bias_act(x.double(), b.double() + shift, act="lrelu", alpha=alpha, gain=1.4 * k,
                              clamp=1.5).to(dtype).double()
-    assert _fails(bad, cpu, **_cuda_vs_cpu_tol(dtype, "y", 8 * 32 * 32))
+    assert fails(bad, cpu, **_cuda_vs_cpu_tol(dtype, "y", 8 * 32 * 32))
 
 
-@pytest.mark.parametrize("bug", ["slope", pytest.param("gain", marks=_too_loose(
+@pytest.mark.parametrize("bug", ["slope", pytest.param("gain", marks=too_loose(
     "test_gradients_match_reference compares bfloat16 gradients at 5e-2: a 1% gain error passes, and a "
     "wrong slope is caught only where it moves an element across the clamp"))])
 def test_bf16_gradient_tolerance_catches_a_wrong_slope_or_gain(bug):
@@ -465,6 +452,6 @@ def test_bf16_gradient_tolerance_catches_a_wrong_slope_or_gain(bug):
         want, y64 = grad_x(0.2, 1.0)
         far = (y64.abs() - 0.8).abs() > 0.02
         bad = grad_x(alpha, k)[0].to(torch.bfloat16).double()
-        assert not _fails(want.to(torch.bfloat16).double() * far, want * far, atol=5e-2, rtol=5e-2)
-        caught.append(_fails(bad * far, want * far, atol=5e-2, rtol=5e-2))
+        assert not fails(want.to(torch.bfloat16).double() * far, want * far, atol=5e-2, rtol=5e-2)
+        caught.append(fails(bad * far, want * far, atol=5e-2, rtol=5e-2))
     assert any(caught)

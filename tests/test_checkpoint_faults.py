@@ -15,12 +15,7 @@ from fastgan.train import CheckpointError, GANTrainer
 from fastgan.train import checkpoint as ckpt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks (conftest.one_thread)
 
 
 def trainer(seed=1):

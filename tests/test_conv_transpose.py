@@ -17,7 +17,7 @@ from torch import nn
 import fastgan
 from fastgan.nn import FusedConvTranspose2d
 from fastgan.ops import conv_transpose2d_act, reference
-from conftest import CUDA_PATHS, DTYPES, TOL
+from conftest import CUDA_PATHS, DTYPES, TOL, fails, too_loose, BUGS
 
 PATHS = ["aten", "fused", "auto"]
 ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish", "gelu"]
@@ -514,19 +514,6 @@ def test_info_lists_op():
 # comparisons above at the tolerances they use, on the inputs they use, while the correctly rounded
 # result passes them. Where a tolerance is too loose for that, the case is a strict xfail that says
 # so (an XPASS, a failure, once the tolerance is tightened).
-BUGS = {"slope": (0.21, 1.0, 0.0), "gain": (0.2, 1.01, 0.0), "bias": (0.2, 1.0, 0.01)}  # alpha, gain x, b +
-
-
-def _fails(got, want, **tol):
-    try:
-        torch.testing.assert_close(got, want, **tol)
-    except AssertionError:
-        return True
-    return False
-
-
-def _too_loose(why):
-    return pytest.mark.xfail(strict=True, reason=f"tolerance too loose: {why}")
 
 
 _DTYPES_LOOSE = ("test_dtypes' atol (rtol x max|y|, max|y| about 5) is 0.01 for float16 and 0.025 for bfloat16: "
@@ -535,9 +522,9 @@ _DTYPES_LOOSE = ("test_dtypes' atol (rtol x max|y|, max|y| about 5) is 0.01 for 
 
 @pytest.mark.parametrize("dtype,bug", [
     (torch.float16, "slope"), (torch.float16, "gain"),
-    pytest.param(torch.float16, "bias", marks=_too_loose(_DTYPES_LOOSE)),
+    pytest.param(torch.float16, "bias", marks=too_loose(_DTYPES_LOOSE)),
     (torch.bfloat16, "slope"), (torch.bfloat16, "gain"),
-    pytest.param(torch.bfloat16, "bias", marks=_too_loose(_DTYPES_LOOSE))], ids=str)
+    pytest.param(torch.bfloat16, "bias", marks=too_loose(_DTYPES_LOOSE))], ids=str)
 def test_dtypes_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
     """test_dtypes' comparison (atol = TOL[dtype].rtol x max|ref|, rtol = TOL[dtype].rtol), on its inputs."""
     cfg = dict(n=2, cin=8, cout_g=5, h=6, w=5, k=(4, 4), s=(2, 2), p=(1, 1), op=(1, 0), g=1, d=(1, 1), bias=True,
@@ -550,8 +537,8 @@ def test_dtypes_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
                                          alpha=alpha, gain=k).to(dtype).double()
     tol = TOL[dtype]["rtol"]
     tol = dict(atol=tol * ref.abs().max().item(), rtol=tol)
-    assert not _fails(ref.to(dtype).double(), ref, **tol)
-    assert _fails(bad, ref, **tol)
+    assert not fails(ref.to(dtype).double(), ref, **tol)
+    assert fails(bad, ref, **tol)
 
 
 _BF16_LOOSE = ("test_cuda_fused_kernel compares bfloat16 at atol 2e-2 x max|y| (0.06 here), rtol 2e-2: a 1% gain "
@@ -560,8 +547,8 @@ _BF16_LOOSE = ("test_cuda_fused_kernel compares bfloat16 at atol 2e-2 x max|y| (
 
 @pytest.mark.parametrize("dtype,bug", [
     (torch.float16, "slope"), (torch.float16, "gain"), (torch.float16, "bias"), (torch.bfloat16, "slope"),
-    pytest.param(torch.bfloat16, "gain", marks=_too_loose(_BF16_LOOSE)),
-    pytest.param(torch.bfloat16, "bias", marks=_too_loose(_BF16_LOOSE))], ids=str)
+    pytest.param(torch.bfloat16, "gain", marks=too_loose(_BF16_LOOSE)),
+    pytest.param(torch.bfloat16, "bias", marks=too_loose(_BF16_LOOSE))], ids=str)
 def test_cuda_fused_kernel_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, bug):
     """test_cuda_fused_kernel's comparison (its tolerance table), on the inputs of its first case."""
     n, cin, cout, h, w, k, s, p, op = CUDA_CASES[0]
@@ -575,14 +562,14 @@ def test_cuda_fused_kernel_tolerance_catches_a_wrong_slope_gain_or_bias(dtype, b
                                          gain=1.3 * gk, **kw).to(dtype).double()
     tol = {torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
     tol = dict(atol=tol * ref.abs().max().item(), rtol=tol)
-    assert not _fails(ref.to(dtype).double(), ref, **tol)
-    assert _fails(bad, ref, **tol)
+    assert not fails(ref.to(dtype).double(), ref, **tol)
+    assert fails(bad, ref, **tol)
 
 
 @pytest.mark.parametrize("bug", [
-    pytest.param("slope", marks=_too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|")),
-    pytest.param("gain", marks=_too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|, rtol 3e-2")),
-    pytest.param("bias", marks=_too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|"))])
+    pytest.param("slope", marks=too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|")),
+    pytest.param("gain", marks=too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|, rtol 3e-2")),
+    pytest.param("bias", marks=too_loose("test_bfloat16_channels_last_grads: 3e-2 x max|y|"))])
 def test_bfloat16_grads_tolerance_catches_a_wrong_slope_gain_or_bias(bug):
     """test_bfloat16_channels_last_grads' comparison (3e-2 x max|ref|, rtol 3e-2) of y and the gradients."""
     cfg = dict(n=2, cin=8, cout_g=8, h=4, w=4, k=(4, 4), s=(2, 2), p=(1, 1), op=(0, 0), g=1, d=(1, 1), bias=True,
@@ -598,5 +585,5 @@ def test_bfloat16_grads_tolerance_catches_a_wrong_slope_gain_or_bias(bug):
 
     want, bad = run(0.2, 1.0, 0.0), run(alpha, k, shift)
     tols = [dict(atol=3e-2 * r.abs().max().item(), rtol=3e-2) for r in want]
-    assert not any(_fails(r.bfloat16().double(), r, **t) for r, t in zip(want, tols))
-    assert any(_fails(a.bfloat16().double(), r, **t) for a, r, t in zip(bad, want, tols))
+    assert not any(fails(r.bfloat16().double(), r, **t) for r, t in zip(want, tols))
+    assert any(fails(a.bfloat16().double(), r, **t) for a, r, t in zip(bad, want, tols))

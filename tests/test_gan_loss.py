@@ -8,7 +8,7 @@ import fastgan
 from fastgan.ops import reference as R
 from fastgan.ops.gan_loss import KINDS, REDUCTIONS
 
-from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, cpu_kernels
+from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, cpu_kernels, too_loose
 
 F64 = torch.float64
 
@@ -556,8 +556,6 @@ def test_cuda_penalty_matches_cpu(shape, device):
 # correctly rounded gradient passes: a wrong target (real_label 0.99 for 1: the slope of the BCE in
 # the logit), a gain of 1.01, logits biased by 0.01. Where the tolerance is too loose for that, the
 # case is a strict xfail that says so (an XPASS, a failure, once the tolerance is tightened).
-def _too_loose(why):
-    return pytest.mark.xfail(strict=True, reason=f"tolerance too loose: {why}")
 
 
 _BIAS = ("a 0.01 logit bias moves d loss / d logit by at most 0.0025 (sigmoid' <= 1/4): below "
@@ -566,9 +564,9 @@ _BIAS = ("a 0.01 logit bias moves d loss / d logit by at most 0.0025 (sigmoid' <
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype,bug", [
-    (torch.float16, "label"), (torch.float16, "gain"), pytest.param(torch.float16, "bias", marks=_too_loose(_BIAS)),
+    (torch.float16, "label"), (torch.float16, "gain"), pytest.param(torch.float16, "bias", marks=too_loose(_BIAS)),
     (torch.bfloat16, "label"), (torch.bfloat16, "gain"),
-    pytest.param(torch.bfloat16, "bias", marks=_too_loose(_BIAS))], ids=str)
+    pytest.param(torch.bfloat16, "bias", marks=too_loose(_BIAS))], ids=str)
 def test_grad_tolerance_catches_a_wrong_target_gain_or_bias(dtype, bug, reduction):
     real = logits((37, 1), dtype).requires_grad_(True)
     fake = logits((29,), dtype).requires_grad_(True)

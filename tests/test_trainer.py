@@ -17,13 +17,7 @@ from fastgan.train import checkpoint as ckpt
 LOSSES = ["ns", "minimax", "hinge", "wgan", "lsgan", "rals"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one thread is faster, and immune to spinning OpenMP threads on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks (conftest.one_thread)
 
 
 @pytest.fixture(scope="module")

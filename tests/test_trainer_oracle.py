@@ -37,12 +37,7 @@ TOL = dict(rtol=1e-12, atol=1e-12)
 LOSSES = ["ns", "minimax", "hinge", "wgan", "lsgan", "rals"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks (conftest.one_thread)
 
 
 # ---- the networks ------------------------------------------------------------------------------
