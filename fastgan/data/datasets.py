@@ -101,9 +101,9 @@ def _to_unit(a: np.ndarray, src: str) -> torch.Tensor:
     if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
         raise DatasetError(f"{src}: expected a numeric array, got dtype {a.dtype}")
     a = a.astype(np.float32)
-    if a.size and not np.isfinite(a).all():
+    if not np.isfinite(a).all():
         raise DatasetError(f"{src}: the array holds NaN or infinite values")
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
+    lo, hi = float(a.min()), float(a.max())  # not empty: _array_dataset rejects empty samples first
     if lo >= 0 and hi <= 1:
         a = a * 2 - 1
     elif lo >= -1 and hi <= 1:
@@ -119,6 +119,8 @@ def _array_dataset(a: np.ndarray, y, name: str, image_size) -> GANDataset:
     """(N, D) points, (N, H, W), (N, C, H, W) or (N, H, W, C) images -> GANDataset."""
     if a.ndim < 2 or a.shape[0] == 0:
         raise DatasetError(f"{name}: expected an array of samples (N, ...) with N >= 1, got shape {a.shape}")
+    if a.size == 0:
+        raise DatasetError(f"{name}: the samples are empty (shape {a.shape}); every axis needs a size >= 1")
     if y is not None:
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != a.shape[0] or not np.issubdtype(y.dtype, np.integer):
@@ -292,7 +294,8 @@ def load_dataset(name_or_path: str, image_size=None) -> GANDataset:
     """
     if not isinstance(name_or_path, str) or not name_or_path:
         raise TypeError(f"load_dataset: argument 'name_or_path' must be a non-empty string, got {name_or_path!r}")
-    if image_size is not None and not (isinstance(image_size, int) and image_size >= 1):
+    if image_size is not None and not (isinstance(image_size, int) and not isinstance(image_size, bool)
+                                       and image_size >= 1):
         raise ValueError(f"load_dataset: argument 'image_size' must be a positive int or None, got {image_size!r}")
     if name_or_path == "digits":
         return digits(image_size)
