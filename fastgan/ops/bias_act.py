@@ -133,17 +133,6 @@ def _reduce_to_channel(t: torch.Tensor, dim: int):
     return t.sum(dim=dims) if dims else t
 
 
-def _act_d1(act, r, alpha):
-    """act'(r) for the x-kind activations (r = x + b)."""
-    if act == "softplus":
-        return torch.sigmoid(r)
-    if act in ("swish", "silu"):
-        s = torch.sigmoid(r)
-        return s + r * s * (1 - s)
-    cdf = 0.5 * (1 + torch.erf(r * math.sqrt(0.5)))
-    return cdf + r * torch.exp(-0.5 * r * r) / math.sqrt(2 * math.pi)
-
-
 def _second_factor(kind, act, ref, b, dim, alpha, gain, clamp):
     """d(grad_factor)/d(ref): what multiplies grad * gg in the ref-gradient of the backward."""
     if kind == "y":
