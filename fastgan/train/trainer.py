@@ -27,11 +27,6 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss (without an fp16 scaler to skip the step)."""
 
 
-def _unwrap(m):
-    m = getattr(m, "_orig_mod", m)
-    return getattr(m, "module", m)
-
-
 def _acc(t):
     """Logits/penalties for the losses: fp16/bf16 (autocast) up to fp32; fp64 stays fp64."""
     return t if t.dtype == torch.float64 else t.float()
