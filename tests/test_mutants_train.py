@@ -541,7 +541,8 @@ def test_rng_state_round_trip_every_generator():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.randn()                       # a cached Gaussian (has_gauss = 1)
     s = trainer_mod._rng_state()
-    assert s["numpy"]["has_gauss"] == 1 and s["cuda"] == []
+    assert s["numpy"]["has_gauss"] == 1 and s["cuda"] == [] and s["numpy"]["keys"].dtype == torch.int64
+    assert s["numpy"]["pos"] == np.random.get_state()[2] != 1
     want = (torch.rand(2), np.random.rand(2), np.random.randn(), random.random())
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
     trainer_mod._set_rng_state(s)
@@ -1118,3 +1119,173 @@ def test_init_under_torchrun_with_a_fake_process_group(monkeypatch):
     monkeypatch.setattr(trainer_mod, "dist", fake)
     t = GANTrainer(*_nets(), z_dim=2)
     assert t.world == 1 and t.rank == 0 and t.local_rank == 0 and fake.calls == []
+
+
+# ---- inside the training step ------------------------------------------------------------------
+class _SpyD(nn.Linear):
+    """A linear D that records, per call, its input dtype and whether its weights take gradients."""
+
+    def __init__(self):
+        super().__init__(3, 1)
+        self.seen, self.synced = [], []
+
+    def forward(self, x):
+        self.seen.append((x.dtype, self.weight.requires_grad))
+        return super().forward(x)
+
+
+def test_d_is_frozen_only_for_the_generator_update():
+    torch.manual_seed(0)
+    d = _SpyD()
+    d.bias.requires_grad_(False)                    # frozen by the user: stays frozen
+    t = GANTrainer(nn.Linear(2, 3), d, z_dim=2, d_steps=2, loss="rals")
+    t.fit(_data(), 1, 4, progress=False)
+    assert [rg for _, rg in d.seen] == [True, True, True, True, False, False]
+    assert d.weight.requires_grad and not d.bias.requires_grad
+
+
+def test_generator_update_runs_inside_no_sync_when_d_has_it():
+    class D(_SpyD):
+        def no_sync(self):
+            import contextlib
+            outer = self
+
+            @contextlib.contextmanager
+            def cm():
+                outer.synced.append("enter")
+                yield
+                outer.synced.append("exit")
+            return cm()
+
+    torch.manual_seed(0)
+    d = D()
+    GANTrainer(nn.Linear(2, 3), d, z_dim=2).fit(_data(), 2, 4, progress=False)
+    assert d.synced == ["enter", "exit"] * 2
+
+
+def test_errors_in_the_generator_update_propagate():
+    class Boom(Exception):
+        pass
+
+    class D(_SpyD):
+        def forward(self, x):
+            if not self.weight.requires_grad:
+                raise Boom("in the G step")
+            return super().forward(x)
+
+    t = GANTrainer(nn.Linear(2, 3), D(), z_dim=2)
+    with pytest.raises(Boom):
+        t.fit(_data(), 1, 4, progress=False)
+
+
+def test_amp_dtypes_reach_the_networks_and_losses_get_float32(monkeypatch):
+    from fastgan import ops
+    got = {}
+    for name in ("d_loss", "g_loss", "r1_penalty"):
+        real = getattr(ops, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            got.setdefault(_name, []).append(a[0].dtype)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(ops, name, spy)
+    for amp, dt in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        got.clear()
+        torch.manual_seed(0)
+
+        class G(nn.Linear):
+            outs = []
+
+            def forward(self, z):
+                y = super().forward(z)
+                G.outs.append(y.dtype)
+                return y
+
+        t = GANTrainer(G(2, 3), nn.Linear(3, 1), z_dim=2, amp=amp, r1_gamma=1.0)
+        t.fit(_data(), 1, 4, progress=False)
+        assert G.outs == [dt]                                   # autocast with the asked-for dtype
+        assert got == {"d_loss": [torch.float32], "r1_penalty": [torch.float32], "g_loss": [torch.float32]}
+
+
+def test_gradient_penalty_weight_is_passed_whatever_its_size(monkeypatch):
+    from fastgan import ops
+    calls = []
+    real = ops.gradient_penalty
+    monkeypatch.setattr(ops, "gradient_penalty", lambda *a, **kw: calls.append(kw["weight"]) or real(*a, **kw))
+    t = GANTrainer(nn.Linear(2, 3), nn.Linear(3, 1), z_dim=2, gp_weight=0.5, d_steps=2)
+    hist = t.fit(_data(), 1, 4, progress=False)
+    assert calls == [0.5, 0.5] and hist[0]["gp"] > 0
+
+
+# ---- fit: the progress bar, the defaults, what a resumed run writes -----------------------------
+def test_progress_bar(capsys):
+    t = GANTrainer(*_nets(), z_dim=2)
+    hist = t.fit(_data(), 2, 4, log_every=1, progress=True)
+    err = capsys.readouterr().err
+    first, last = err.split("\r")[1], err.split("\r")[-1]
+    assert first.startswith("  0%|") and "0/2" in first
+    rec = hist[-1]
+    assert last.endswith("\n") and "2/2 [" in last and ("step/s" in last or "s/step" in last)   # leave=True, unit
+    post = (f"DGz={rec['d_fake']:.2f}, Dx={rec['d_real']:.2f}, d={rec['d_loss']:.3f}, g={rec['g_loss']:.3f}, "
+            f"img_s={rec['img_per_s']:.0f}]")                       # (tqdm sorts the postfix keys)
+    assert last.rstrip("\n").endswith(post)
+    hist = t.fit(_data(), 3, 4, progress=True)                   # resumed: starts at 2 of 3
+    err = capsys.readouterr().err
+    assert "2/3" in err.split("\r")[1] and "3/3 [" in err.split("\r")[-1]
+    t.fit(_data(), 3, 4, progress=True)                          # nothing left to do: no bar
+    t.fit(_data(), 4, 4, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_fit_default_cadence(tmp_path):
+    """log_every 50, sample_every 500, checkpoint_every 1000 by default."""
+    evals = []
+    t = GANTrainer(nn.Linear(2, 2), nn.Linear(2, 1), z_dim=2)
+    hist = t.fit(torch.randn(8, 2), 1000, 4, out_dir=str(tmp_path), progress=False,
+                 evaluator=lambda x: evals.append(len(x)) or {})
+    assert [r["step"] for r in hist if "d_loss" in r] == list(range(50, 1001, 50))
+    assert [r["step"] for r in hist if "eval" in r] == [500, 1000]
+    assert os.listdir(tmp_path / "checkpoints") == [os.path.basename(ckpt.path_for(".", 1000))]
+
+
+def test_resumed_fit_rewrites_metrics_with_its_history(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = GANTrainer(*_nets(), z_dim=2)
+    t.fit(_data(), 2, 4, log_every=1, progress=False, out_dir="a")
+    u = GANTrainer(*_nets(), z_dim=2)
+    u.load_latest("a")
+    u.fit(_data(), 3, 4, log_every=1, progress=False, out_dir="b")
+    lines = open(os.path.join("b", "metrics.jsonl")).read().splitlines()
+    assert [json.loads(s) for s in lines] == json.loads(json.dumps(u.history)) and len(lines) == 2 + 1
+    assert lines[:2] == open(os.path.join("a", "metrics.jsonl")).read().splitlines()[:2]
+    assert sorted(os.listdir(".")) == ["a", "b"]
+
+
+def test_mid_run_checkpoint_holds_the_live_data_position(tmp_path):
+    t = GANTrainer(*_nets(), z_dim=2, seed=3)
+    t.fit(_data(16), 3, 4, out_dir=str(tmp_path), checkpoint_every=2, progress=False)
+    ck = ckpt.read(ckpt.path_for(str(tmp_path / "checkpoints"), 2))
+    assert ck["data"]["pos"] == 8 and ck["data"]["epoch"] == 1
+    (a, b) = _oracle_batches(16, 4, 1, 0, 3, 2)
+    torch.testing.assert_close(ck["data"]["perm"][:8], torch.cat([a, b]), rtol=0, atol=0)
+
+
+def test_fit_uses_the_trainer_seed_and_layout_for_data():
+    seen = []
+
+    class D(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(2, 1, 2)
+
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return self.c(x).flatten(1)
+
+    g = nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (2, 2, 2)))
+    x = torch.randn(8, 2, 2, 2)
+    t = GANTrainer(g, D(), z_dim=2, channels_last=True, seed=9)
+    t.fit(x, 1, 4, progress=False)
+    assert seen[0] is True                                     # the real batch arrives in channels_last
+    (idx,) = _oracle_batches(8, 4, 1, 0, 9, 1)
+    assert torch.equal(t._data_state["perm"][:4], idx)
