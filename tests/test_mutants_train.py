@@ -272,6 +272,8 @@ def test_trainer_options_are_kept():
     assert t.opt_g.param_groups[0]["betas"] == (0.0, 0.99) and t.opt_d.param_groups[0]["betas"] == (0.0, 0.99)
     assert isinstance(t.r1_gamma, float) and t.r1_gamma == 2.0 and t.r1_every == 4 and t.keep == 7
     assert t.seed == 5 and t.ema_decay == 0.5 and t.amp_dtype == torch.float16 and t.channels_last is True
+    assert t.config == dict(z_dim=2, loss="hinge", d_steps=2, lr_g=1e-3, lr_d=3e-3, betas=[0.0, 0.99], r1_gamma=2,
+                            r1_every=4, gp_weight=0.0, ema_decay=0.5, amp="fp16", seed=5, compile=False)
     assert isinstance(t.scaler_g, torch.amp.GradScaler) and isinstance(t.scaler_d, torch.amp.GradScaler)
     assert t.scaler_g is not t.scaler_d
     assert t.ema is not g and not t.ema.training and not any(p.requires_grad for p in t.ema.parameters())
@@ -1114,6 +1116,9 @@ def test_init_under_torchrun_with_a_fake_process_group(monkeypatch):
         assert (t.world, t.rank, t.local_rank, t.is_main, t.device) == (2, 1, 1, False, torch.device("cpu"))
         assert wrapped == [(g, None), (d, None)] and t._G.module is g and t._D.module is d
         assert t.generator is g and t.discriminator is d
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(trainer_mod, "dist", Dist(False))
+    assert GANTrainer(*_nets(), z_dim=2).local_rank == 0          # LOCAL_RANK unset: 0
     monkeypatch.setenv("WORLD_SIZE", "1")
     fake = Dist(False)
     monkeypatch.setattr(trainer_mod, "dist", fake)
@@ -1289,3 +1294,83 @@ def test_fit_uses_the_trainer_seed_and_layout_for_data():
     assert seen[0] is True                                     # the real batch arrives in channels_last
     (idx,) = _oracle_batches(8, 4, 1, 0, 9, 1)
     assert torch.equal(t._data_state["perm"][:4], idx)
+
+
+def test_feature_net_is_the_versioned_one():
+    """The Fréchet distance is defined by this network; the cache key says "featurenet-v2". Changing
+    the architecture must come with a new version tag (else stale cached weights are loaded into it)."""
+    assert str(metrics.FeatureNet(3, 10)) == (
+        "FeatureNet(\n  (features): Sequential(\n"
+        "    (0): Conv2d(3, 32, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))\n"
+        "    (1): LeakyReLU(negative_slope=0.2)\n"
+        "    (2): Conv2d(32, 64, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))\n"
+        "    (3): LeakyReLU(negative_slope=0.2)\n"
+        "    (4): Conv2d(64, 128, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))\n"
+        "    (5): LeakyReLU(negative_slope=0.2)\n"
+        "    (6): AdaptiveAvgPool2d(output_size=1)\n"
+        "    (7): Flatten(start_dim=1, end_dim=-1)\n  )\n"
+        "  (head): Linear(in_features=128, out_features=10, bias=True)\n)")
+    x, y = torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    assert metrics._fingerprint(x, y) != metrics._fingerprint(x, y, "steps=1")
+    import hashlib
+    h = hashlib.sha1(f"featurenet-v2 {tuple(x.shape)} 2 ".encode())
+    h.update(x.numpy().tobytes())
+    h.update(y.numpy().astype(np.int64).tobytes())
+    assert metrics._fingerprint(x, y) == h.hexdigest()[:16]
+
+
+def test_checkpoint_read_messages(tmp_path):
+    p = str(tmp_path / "c.pt")
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(f"no such checkpoint: {p}") + "$"):
+        ckpt.read(p)
+
+    def bad(obj, msg):
+        torch.save(obj, p)
+        with pytest.raises(ckpt.CheckpointError) as e:
+            ckpt.read(p)
+        assert str(e.value) == f"{p}: {msg}"
+
+    base = {"format": ckpt.FORMAT, "step": 1, "generator": {}, "discriminator": {}}
+    bad(dict(base, version=2), "checkpoint format version 2 is newer than this fastgan understands (1); "
+                               "upgrade fastgan")
+    assert ckpt.read(p if torch.save(base, p) is None else p)["step"] == 1      # no version: taken as 0
+    for k in ("step", "generator", "discriminator"):
+        bad({q: v for q, v in base.items() if q != k}, f"incomplete checkpoint (missing '{k}')")
+    bad([1], "not a fastgan checkpoint (no 'fastgan.checkpoint' marker)")
+    torch.save({"x": torch.nn.Linear(1, 1)}, p)                 # an object: refused by weights_only
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.read(p)
+    assert str(e.value).startswith(f"{p}: not a readable fastgan checkpoint (corrupt, truncated, or holding objects "
+                                   "other than tensors and plain data): WeightsUnpickler error")
+    open(p, "wb").close()                                       # empty file
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.read(p)
+    assert str(e.value).startswith(f"{p}: not a readable fastgan checkpoint") and str(e.value).split(": ")[-1]
+
+
+def test_prune_keeps_newest_and_removes_stale_temporaries(tmp_path):
+    d = str(tmp_path)
+    for s in (1, 2, 3):
+        open(ckpt.path_for(d, s), "wb").close()
+    mine = os.path.join(d, f".ckpt-00000004.pt.{os.getpid()}.tmp")
+    stale = os.path.join(d, ".ckpt-00000004.pt.999999999.tmp")
+    open(mine, "wb").close()
+    open(stale, "wb").close()
+    ckpt.prune(d, 2)
+    assert sorted(os.listdir(d)) == sorted([os.path.basename(mine), "ckpt-00000002.pt", "ckpt-00000003.pt"])
+    ckpt.prune(d, 0)                                             # keep 0: nothing removed
+    assert len(os.listdir(d)) == 3
+
+
+def test_feature_net_pools_large_images_to_16():
+    torch.manual_seed(0)
+    net = metrics.FeatureNet(1, 3).eval()
+    for shape in ((2, 1, 32, 16), (2, 1, 16, 32), (2, 1, 17, 17)):
+        x = torch.randn(shape)
+        f, _ = net(x)
+        want, _ = net.features(torch.nn.functional.adaptive_avg_pool2d(x, 16)), None
+        torch.testing.assert_close(f, want)
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(net(x)[0], net.features(x))
+    x = torch.randn(2, 1, 16, 8)
+    torch.testing.assert_close(net(x)[0], net.features(x))      # small images are not resized
