@@ -39,6 +39,15 @@ else:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# tqdm's default write lock includes a multiprocessing semaphore that forked processes share: one
+# killed while holding it (as mutation testing's forked runs can be, on a timeout) hangs every later
+# progress bar. The suite's bars are written by one process at a time, so a thread lock suffices.
+import threading  # noqa: E402
+
+from tqdm.auto import tqdm as _tqdm  # noqa: E402
+
+_tqdm.set_lock(threading.RLock())
+
 import fastgan  # noqa: E402
 import fastgan.simt  # noqa: E402
 

@@ -4,12 +4,14 @@ Each test names what it pins down: an exact message, a default, a boundary, a ra
 the batch streams, the metrics, the pictures and the checkpoints. Expected values come from the
 test (by-hand arithmetic, PIL/numpy), not from the code under test.
 """
+import random
 import re
 import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fastgan.train import data as tdata
@@ -434,6 +436,15 @@ def test_first_non_finite_step_is_kept():
     assert t.step == 5 and int(t._bad) == 3
 
 
+def _no_abort(handler, sig):
+    """Call a signal handler that must not abort (a KeyboardInterrupt would stop pytest itself, not
+    fail the test)."""
+    try:
+        handler(sig, None)
+    except KeyboardInterrupt:
+        pytest.fail(f"the handler aborted on {signal.Signals(sig).name}")
+
+
 def test_signal_handler_message_and_second_ctrl_c(capsys):
     t = GANTrainer(*_nets(), z_dim=2)
     t.step = 4
@@ -442,23 +453,23 @@ def test_signal_handler_message_and_second_ctrl_c(capsys):
     try:
         h = signal.getsignal(signal.SIGTERM)
         assert signal.getsignal(signal.SIGINT) is h
-        h(signal.SIGTERM, None)
+        _no_abort(h, signal.SIGTERM)
         assert stop["sig"] == signal.SIGTERM
         assert capsys.readouterr().out == ("\nfastgan: SIGTERM received: finishing step 5, then saving a checkpoint "
                                            "and stopping (Ctrl-C again to abort now)\n")
-        h(signal.SIGTERM, None)                      # a second SIGTERM is not an abort
+        _no_abort(h, signal.SIGTERM)                 # a second SIGTERM is not an abort
         assert stop["sig"] == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):       # Ctrl-C after any signal: stop now
             h(signal.SIGINT, None)
         stop["sig"] = None
-        h(signal.SIGINT, None)
+        _no_abort(h, signal.SIGINT)                  # a first Ctrl-C is not an abort
         assert stop["sig"] == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             h(signal.SIGINT, None)
         t.is_main = False
         stop["sig"] = None
         capsys.readouterr()
-        h(signal.SIGINT, None)
+        _no_abort(h, signal.SIGINT)
         assert capsys.readouterr().out == "" and stop["sig"] == signal.SIGINT
     finally:
         t._restore_signals(old)
@@ -660,6 +671,9 @@ def test_image_evaluator_uses_every_kth_real_image(monkeypatch):
     ev = metrics.ImageEvaluator(x, y, seed=5)            # n_real 2000 > 10 images: all of them
     assert seen == {"seed": 5}
     np.testing.assert_allclose(ev.mu, x.flatten(1).numpy().mean(0), rtol=1e-12)
+    x4 = torch.randn(4000, 1, 2, 2, generator=g).double()
+    ev = metrics.ImageEvaluator(x4, torch.arange(4000) % 3)     # 4000 // 2000 = 2: every other image
+    np.testing.assert_allclose(ev.mu, x4[::2].flatten(1).numpy().mean(0), rtol=1e-12)
     x2 = torch.randn(3999, 1, 2, 2, generator=g).double()
     ev = metrics.ImageEvaluator(x2, torch.arange(3999) % 3)     # 3999 // 2000 = 1: every image
     np.testing.assert_allclose(ev.mu, x2.flatten(1).numpy().mean(0), rtol=1e-12)
@@ -1109,9 +1123,10 @@ def test_init_under_torchrun_with_a_fake_process_group(monkeypatch):
         wrapped.clear()
         g, d = _nets()
         t = GANTrainer(g, d, z_dim=2, seed=5)
-        after = torch.rand(3)
+        after, after_py = torch.rand(3), random.random()
         torch.manual_seed(5 + 1)
-        assert torch.equal(after, torch.rand(3))
+        random.seed(5 + 1)
+        assert torch.equal(after, torch.rand(3)) and after_py == random.random()   # seed + rank
         assert fake.calls == ([] if initialized else [("init", "gloo")])
         assert (t.world, t.rank, t.local_rank, t.is_main, t.device) == (2, 1, 1, False, torch.device("cpu"))
         assert wrapped == [(g, None), (d, None)] and t._G.module is g and t._D.module is d
@@ -1374,3 +1389,587 @@ def test_feature_net_pools_large_images_to_16():
     torch.testing.assert_close(net(x)[0], net.features(x))
     x = torch.randn(2, 1, 16, 8)
     torch.testing.assert_close(net(x)[0], net.features(x))      # small images are not resized
+
+
+# ---- fastgan/train/metrics.py: the feature net's training, pinned by an oracle loop --------------
+def _feature_net_oracle(x, y, steps, batch_size, seed):
+    """The documented recipe, written out: Adam(lr 2e-3) on cross-entropy, batches of
+    min(batch_size, N) drawn with replacement from a generator seeded with `seed`, inputs jittered
+    by 0.05 * N(0, 1) noise from the same generator; the net is initialised under manual_seed(seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = metrics.FeatureNet(x.shape[1], int(y.max()) + 1)
+        gen = torch.Generator().manual_seed(seed)
+        params = list(net.parameters())
+        m = [torch.zeros_like(p) for p in params]
+        v = [torch.zeros_like(p) for p in params]
+        for t in range(1, steps + 1):
+            idx = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
+            noise = torch.randn((len(idx),) + tuple(x.shape[1:]), generator=gen)
+            logits = net(x[idx] + 0.05 * noise)[1]
+            loss = -torch.log_softmax(logits, 1).gather(1, y[idx, None]).mean()
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():  # Adam, betas (0.9, 0.999), eps 1e-8, by hand
+                for p, g, mi, vi in zip(params, grads, m, v):
+                    mi.mul_(0.9).add_(g, alpha=0.1)
+                    vi.mul_(0.999).addcmul_(g, g, value=0.001)
+                    step = 2e-3 / (1 - 0.9 ** t)
+                    p.sub_(step * mi / ((vi / (1 - 0.999 ** t)).sqrt() + 1e-8))
+    return net
+
+
+@pytest.mark.parametrize("n,batch_size,steps,seed", [(7, 4, 3, 0), (5, 64, 2, 3), (9, 9, 1, 1)])
+def test_feature_net_training_matches_the_recipe(n, batch_size, steps, seed):
+    g = torch.Generator().manual_seed(100 + n)
+    x = torch.rand(n, 2, 6, 6, generator=g) * 2 - 1
+    y = torch.tensor([0, 1, 2] * 3)[:n]
+    got = metrics.train_feature_net(x, y, steps=steps, batch_size=batch_size, seed=seed, cache=False)
+    want = _feature_net_oracle(x, y, steps, batch_size, seed)
+    assert not got.training
+    assert got.head.out_features == 3
+    for (name, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-6, msg=name)
+    # and the recipe is not a no-op: training moved the weights away from the seeded initialisation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init = metrics.FeatureNet(2, 3)
+    assert not torch.allclose(got.head.weight, init.head.weight)
+
+
+def test_feature_net_defaults_are_400_steps_of_64_with_seed_0():
+    """Called without settings, the net is the recipe's with steps=400, batch_size=64, seed=0 (70 samples:
+    a batch of 65 would differ)."""
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.rand(70, 1, 3, 3, generator=g) * 2 - 1, torch.arange(70) % 3
+    got = metrics.train_feature_net(x, y, cache=False)
+    want = _feature_net_oracle(x, y, 400, 64, 0)
+    for (name, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_feature_net_cache_is_read_onto_the_cpu_with_weights_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path))
+    x, y = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1] * 3)
+    metrics.train_feature_net(x, y, steps=1, batch_size=2)
+    seen, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or load(*a, **k))
+    metrics.train_feature_net(x, y, steps=1, batch_size=2)
+    assert seen == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_feature_net_without_cache_ignores_a_cached_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(6, 1, 4, 4, generator=g), torch.tensor([0, 1, 0, 1, 0, 1])
+    trained = metrics.train_feature_net(x, y, steps=2, batch_size=3, cache=True)
+    (entry,) = tmp_path.iterdir()
+    torch.save({k: torch.zeros_like(t) for k, t in trained.state_dict().items()}, entry)
+    assert all(t.abs().sum() == 0 for t in metrics.train_feature_net(x, y, steps=2, batch_size=3).state_dict().values())
+    fresh = metrics.train_feature_net(x, y, steps=2, batch_size=3, cache=False)
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Poison:
+    """Unpickling this runs `_poisoned` (what a crafted cache file could do with full pickle)."""
+    ran = []
+
+    def __reduce__(self):
+        return (_poisoned, ())
+
+
+def _poisoned():
+    _Poison.ran.append(1)
+    return {}
+
+
+def test_feature_net_cache_is_loaded_without_running_pickled_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGAN_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(6, 1, 4, 4, generator=g), torch.tensor([0, 1, 0, 1, 0, 1])
+    trained = metrics.train_feature_net(x, y, steps=2, batch_size=3)
+    (entry,) = tmp_path.iterdir()
+    torch.save({"payload": _Poison()}, entry)
+    _Poison.ran.clear()
+    again = metrics.train_feature_net(x, y, steps=2, batch_size=3)  # refused entry: retrained, rewritten
+    assert _Poison.ran == []
+    for a, b in zip(again.state_dict().values(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.load(entry, weights_only=True).keys() == trained.state_dict().keys()
+
+
+# ---- fastgan/train/data.py: where batches go -------------------------------------------------
+def test_preload_only_cpu_data_under_2_gib_to_cuda():
+    cuda = torch.device("cuda")  # a device object needs no GPU; nothing is copied here
+    small = torch.zeros(4, 2)
+    assert tdata._preload(small, cuda)
+    assert not tdata._preload(small, CPU) and not tdata._preload(small, torch.device("meta"))
+    assert not tdata._preload(torch.zeros(4, 2, device="meta"), cuda)  # only host data is preloaded
+    byte = torch.zeros(1, dtype=torch.uint8)
+    assert tdata._preload(byte.expand(2 ** 31 - 1), cuda)  # the limit is in bytes: 2 GiB - 1 fits
+    assert not tdata._preload(byte.expand(2 ** 31), cuda)
+    assert not tdata._preload(torch.zeros(1).expand(2 ** 29), cuda)  # 2 GiB of float32
+    assert tdata._preload(torch.zeros(1).expand(2 ** 29 - 1), cuda)
+
+
+def _with_x(x):
+    class WithX(Dataset):  # the built-in datasets keep their samples in .x
+        def __init__(self):
+            self.x = x
+
+        def __len__(self):
+            return x.shape[0]
+
+        def __getitem__(self, i):
+            return self.x[i], 0
+    return WithX()
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dataset", "tensordataset", "loader", "items"])
+def test_every_stream_delivers_on_the_requested_device(kind):
+    x = _images(4)
+
+    class Items(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return x[i], 0
+
+    data = {"tensor": x, "dataset": _with_x(x), "tensordataset": TensorDataset(x),
+            "loader": DataLoader(TensorDataset(x), batch_size=2), "items": Items()}[kind]
+    b = tdata.make_batches(data, 2, device=torch.device("meta"), channels_last=True)
+    out = next(b)
+    assert out.device.type == "meta" and out.shape == (2, 2, 3, 3)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_are_copied_asynchronously(monkeypatch):
+    """non_blocking copies let a pinned-memory DataLoader overlap the host-to-device copy."""
+    calls, to = [], torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking"))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    next(tdata.make_batches(DataLoader(TensorDataset(_images(4)), batch_size=2), 2, device=CPU))
+    assert calls and all(c is True for c in calls)
+
+
+def test_a_fresh_index_stream_is_at_position_zero():
+    s = tdata.make_batches(_images(4), 2, device=CPU).state_dict()
+    assert (s["pos"], s["epoch"], s["perm"]) == (0, 0, None)
+
+
+# ---- fastgan/train/trainer.py: what the first pass left --------------------------------------
+def test_samples_png_gets_the_modes_and_the_step(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(report, "save_samples", lambda x, path, modes=None, title="": calls.append(
+        (x.shape, os.path.basename(path), modes, title)))
+    monkeypatch.setattr(report, "plot_curves", lambda *a, **k: None)
+    x = _data(8)
+    x = type("Ring", (torch.utils.data.TensorDataset,), {"modes": torch.ones(2, 3)})(x)
+    t = GANTrainer(*_nets(), z_dim=2)
+    t.fit(x, 2, 4, out_dir=str(tmp_path), sample_every=2, progress=False, evaluator=lambda s: {})
+    (s1, n1, m1, t1), (s2, n2, m2, t2) = calls
+    assert (n1, t1, n2, t2) == ("samples.png", "step 2", "samples.png", "step 2")
+    assert m1 is x.modes and m2 is x.modes and s1 == (64, 3) and s2 == (2500, 3)
+
+
+def test_state_dict_names_the_built_in_models():
+    from fastgan import models
+    g, d = models.build("mlp", {"z_dim": 2, "out_dim": 2, "width": 8, "depth": 2},
+                        {"in_dim": 2, "width": 8, "depth": 2})
+    sd = GANTrainer(g, d, z_dim=2).state_dict()
+    assert sd["models"] == {"kind": "mlp", "generator": dict(g.config), "discriminator": dict(d.config)}
+    assert GANTrainer(g, nn.Linear(2, 1), z_dim=2).state_dict()["models"] is None   # not a pair
+
+
+def test_two_processes_gather_rng_and_meet_at_the_end(monkeypatch):
+    t = GANTrainer(*_nets(), z_dim=2)
+    t.fit(_data(), 1, 4, progress=False)
+    t.world = 2
+    fake = _FakeDist(gathered=[{"torch": "r1"}])
+    fake.barrier = lambda: fake.calls.append(("barrier",))
+    monkeypatch.setattr(trainer_mod, "dist", fake)
+    assert len(t.state_dict()["rng"]) == 2 and fake.calls == [("all_gather_object", 2)]
+    fake.calls.clear()
+    t.fit(_data(), 1, 2, progress=False)             # nothing to do, but the processes still meet
+    assert fake.calls == [("barrier",)]
+
+
+def test_reseed_after_a_process_count_change_depends_on_the_rank():
+    a = GANTrainer(*_nets(), z_dim=2, seed=10)
+    a.fit(_data(), 2, 4, progress=False)
+    sd = a.state_dict()
+    b = GANTrainer(*_nets(), z_dim=2, seed=10)
+    b.world, b.rank = 3, 2
+    with pytest.warns(UserWarning, match="resumed with 3"):
+        b.load_state_dict(sd)
+    got = torch.rand(4)
+    torch.manual_seed(10 + 2 + 1_000 * 2)
+    assert torch.equal(got, torch.rand(4))
+
+
+def test_non_finite_message_names_the_newest_of_several_checkpoints(tmp_path):
+    t = GANTrainer(*_nets(), z_dim=2)
+    t._ckpt_dir = str(tmp_path)
+    for s in (3, 5, 9):
+        open(ckpt.path_for(str(tmp_path), s), "wb").close()
+    t._bad.fill_(11)
+    with pytest.raises(trainer_mod.NonFiniteLossError, match=re.escape(ckpt.path_for(str(tmp_path), 9))):
+        t._check_finite()
+
+
+def test_noise_and_stop_votes_go_to_the_trainer_device(monkeypatch):
+    t = GANTrainer(*_nets(), z_dim=2)
+    t.device = torch.device("meta")  # stands in for a GPU: where tensors go is all that is checked
+    assert t._noise(3).device.type == "meta" and t._noise(3).shape == (3, 2)
+
+    class Seen(Exception):
+        pass
+
+    def all_reduce(x, op=None):
+        raise Seen(x.device.type)
+
+    t.world = 2
+    for backend, dev in (("nccl", "meta"), ("gloo", "cpu")):
+        fake = _FakeDist(backend=backend)
+        fake.all_reduce = all_reduce
+        monkeypatch.setattr(trainer_mod, "dist", fake)
+        with pytest.raises(Seen, match=f"^{dev}$"):
+            t._agree_stop(15)
+
+
+# ---- fastgan/train/checkpoint.py: unreadable files -------------------------------------------
+def test_read_reports_the_loaders_first_line(tmp_path):
+    p = tmp_path / "junk.pt"
+    p.write_bytes(b"not a zip file at all")
+    try:
+        torch.load(p, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (the oracle: what torch itself says)
+        first = str(e).strip().splitlines()[0].strip()
+    with pytest.raises(ckpt.CheckpointError) as ei:
+        ckpt.read(str(p))
+    assert str(ei.value).endswith(": " + first) and first
+
+
+def test_read_names_an_exception_without_a_message(tmp_path, monkeypatch):
+    p = tmp_path / "x.pt"
+    p.write_bytes(b"x")
+
+    def load(*a, **k):
+        raise EOFError()
+
+    monkeypatch.setattr(ckpt.torch, "load", load)
+    with pytest.raises(ckpt.CheckpointError, match=r"tensors and plain data\): EOFError$"):
+        ckpt.read(str(p))
+
+
+# ---- fastgan/train/metrics.py: boundaries ------------------------------------------------------
+def test_mixture_metrics_with_min_count_zero_counts_every_mode():
+    modes = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    r = metrics.mixture_metrics(torch.zeros(4, 2), modes, 0.1, min_count=0)
+    assert r["modes"] == 3
+
+
+@pytest.mark.parametrize("h,w", [(17, 16), (16, 17), (17, 17), (16, 16), (9, 12)])
+def test_feature_net_pools_inputs_larger_than_16(h, w):
+    torch.manual_seed(0)
+    net = metrics.FeatureNet(1, 2).eval()
+    x = torch.randn(2, 1, h, w)
+    small = F.adaptive_avg_pool2d(x, 16) if (h > 16 or w > 16) else x
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[0], net.features(small), rtol=0, atol=0)
+
+
+def test_fingerprint_hashes_every_kth_sample_past_4096():
+    import hashlib
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((4096, 1), (8192, 2), (12288, 3)):
+        x, y = torch.rand(n, 1, 2, 2, generator=g), torch.randint(0, 3, (n,), generator=g)
+        y[0] = 2
+        h = hashlib.sha1(f"featurenet-v2 {(n, 1, 2, 2)} 3 s".encode())
+        h.update(np.ascontiguousarray(x.numpy()[::k]).tobytes())
+        h.update(y.numpy().astype(np.int64).tobytes())
+        assert metrics._fingerprint(x, y, "s") == h.hexdigest()[:16]
+
+
+
+# ---- second pass: what the re-run with the tests above still let survive ------------------------
+def test_checkpoints_are_read_onto_the_cpu_with_weights_only(tmp_path, monkeypatch):
+    t = GANTrainer(*_nets(), z_dim=2)
+    p = t.save_checkpoint(str(tmp_path / "a.pt"))
+    seen, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or load(*a, **k))
+    ckpt.read(p)
+    assert seen == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_load_checkpoint_names_the_file_that_does_not_fit(tmp_path):
+    p = GANTrainer(*_nets(), z_dim=2).save_checkpoint(str(tmp_path / "a.pt"))
+    other = GANTrainer(nn.Linear(2, 3), nn.Linear(3, 2), z_dim=2)
+    with pytest.raises(ckpt.CheckpointError, match="^" + re.escape(f"{p}: does not fit this trainer's")):
+        other.load_checkpoint(p)
+
+
+def test_preloading_copies_to_the_device_what_the_rule_allows(monkeypatch):
+    meta, seen = torch.device("meta"), []
+    x = _images(4)
+    b = tdata.make_batches(x, 2, device=meta)          # no preload off CUDA: the data is indexed in place
+    assert b.source is x
+    b = tdata.make_batches(_with_x(x), 2, device=meta)
+    assert b.source is x
+    monkeypatch.setattr(tdata, "_preload", lambda t, d: seen.append((t, d)) or True)
+    for data in (x, _with_x(x), TensorDataset(x)):
+        seen.clear()
+        b = tdata.make_batches(data, 2, device=meta)
+        assert b.source.device.type == "meta" and b.source.shape == x.shape
+        assert len(seen) == 1 and seen[0][0] is x and seen[0][1] == meta
+
+
+def test_dataset_stream_is_sharded_by_rank():
+    x = _images(8)
+    for rank in (0, 1):
+        a = tdata.make_batches(x, 2, device=CPU, rank=rank, world=2, seed=3)
+        b = tdata.make_batches(_with_x(x), 2, device=CPU, rank=rank, world=2, seed=3)
+        c = tdata.make_batches(TensorDataset(x), 2, device=CPU, rank=rank, world=2, seed=3)
+        for _ in range(3):
+            u = next(a)
+            assert torch.equal(u, next(b)) and torch.equal(u, next(c))
+    r0 = next(tdata.make_batches(_with_x(x), 2, device=CPU, rank=0, world=2, seed=3))
+    r1 = next(tdata.make_batches(_with_x(x), 2, device=CPU, rank=1, world=2, seed=3))
+    assert not torch.equal(r0, r1)
+
+
+def test_fit_passes_its_stream_settings(monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def make(data, batch_size, **kw):
+        seen.update(kw, batch_size=batch_size)
+        raise Stop
+
+    monkeypatch.setattr(trainer_mod, "make_batches", make)
+    t = GANTrainer(*_nets(), z_dim=2, seed=4, channels_last=True)
+    t.rank, t.world, t._data_state = 1, 2, {"kind": "index"}
+    with pytest.raises(Stop):
+        t.fit(_data(), 3, 2, progress=False)
+    assert seen == {"batch_size": 2, "device": CPU, "channels_last": True, "seed": 4, "rank": 1, "world": 2,
+                    "state": {"kind": "index"}}
+
+
+def test_fit_default_checkpoint_cadence_and_progress(tmp_path, capsys):
+    t = GANTrainer(*_nets(), z_dim=2)
+    t.step = 998
+    t.fit(_data(), 1001, 4, out_dir=str(tmp_path), log_every=10 ** 6, sample_every=10 ** 6)
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path / "checkpoints"))] == [1000, 1001]
+    assert "1001/1001" in capsys.readouterr().err              # a progress bar by default
+    assert t.interrupted is None
+
+
+def test_progress_bar_settings(monkeypatch):
+    import tqdm.auto
+    made, posts = [], []
+
+    class Bar(tqdm.auto.tqdm):
+        def __init__(self, **kw):
+            made.append(kw)
+            super().__init__(disable=True, **kw)
+
+        def set_postfix(self, **kw):
+            posts.append(kw.pop("refresh", "missing"))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    GANTrainer(*_nets(), z_dim=2).fit(_data(), 2, 4, log_every=1)
+    assert made == [{"total": 2, "initial": 0, "unit": "step", "dynamic_ncols": True, "leave": True}]
+    assert posts == [False, False]                              # redrawn by update(), not on every log
+
+
+def test_fit_restores_the_signal_handlers_and_returns_history_when_stopped(tmp_path):
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    t = GANTrainer(*_nets(), z_dim=2)
+
+    def stop_now(samples):  # as if SIGTERM arrived now (a real one would end pytest without the handler)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler) and handler not in before, "fit did not install its signal handler"
+        handler(signal.SIGTERM, None)          # the trainer's: finish the step, then stop
+        return {}
+
+    hist = t.fit(_data(), 10, 4, sample_every=2, evaluator=stop_now, out_dir=str(tmp_path),
+                 progress=False)
+    assert t.interrupted == signal.SIGTERM and hist is t.history and t.step == 3   # not 10
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_signal_message_is_flushed(monkeypatch):
+    seen = []
+    monkeypatch.setattr(trainer_mod, "print", lambda *a, **k: seen.append(k), raising=False)
+    t = GANTrainer(*_nets(), z_dim=2)
+    stop = {"sig": None}
+    old = t._install_signals(stop)
+    try:
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    finally:
+        t._restore_signals(old)
+    assert seen == [{"flush": True}]
+
+
+def test_log_record_is_the_mean_of_the_per_step_records():
+    """Two identically seeded runs: the log_every=3 record equals the mean of the log_every=1 ones."""
+    per = GANTrainer(*_nets(), z_dim=2, seed=3, r1_gamma=0.5).fit(_data(), 3, 4, log_every=1, progress=False)
+    (rec,) = GANTrainer(*_nets(), z_dim=2, seed=3, r1_gamma=0.5).fit(_data(), 3, 4, log_every=3, progress=False)
+    for k in ("d_loss", "g_loss", "d_real", "d_fake", "r1"):
+        assert rec[k] == pytest.approx(np.mean([r[k] for r in per]), rel=1e-6, abs=1e-9)
+
+
+def test_no_r1_penalty_is_computed_when_gamma_is_zero(monkeypatch):
+    calls = []
+    r1 = trainer_mod.ops.r1_penalty
+    monkeypatch.setattr(trainer_mod.ops, "r1_penalty", lambda *a, **k: calls.append(1) or r1(*a, **k))
+    GANTrainer(*_nets(), z_dim=2, r1_gamma=0.0).fit(_data(), 2, 4, progress=False)
+    assert calls == []
+    GANTrainer(*_nets(), z_dim=2, r1_gamma=0.1).fit(_data(), 2, 4, progress=False)
+    assert calls == [1, 1]
+
+
+# ---- GANTrainer.__init__ on a pretend GPU: where things are placed, not how they run ---------------
+class _Placed(nn.Linear):
+    """A module whose .to() records its arguments and moves nothing (so CUDA placement can be read on
+    a machine without CUDA)."""
+
+    def __init__(self, i, o, log):
+        super().__init__(i, o)
+        self.log = log
+
+    def to(self, *args, **kwargs):
+        self.log.append((self.out_features, args, kwargs))
+        return self
+
+
+class _PlacedConv(nn.Conv2d):
+    def __init__(self, log):
+        super().__init__(1, 1, 3)
+        self.log = log
+
+    def to(self, *args, **kwargs):
+        self.log.append(("conv", args, kwargs))
+        return self
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda says there are 2 devices, the current one is 1; set_device calls are recorded."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    return calls
+
+
+def _build_until_cuda_is_needed(g, d, **kw):
+    """GANTrainer(g, d) up to its first real CUDA tensor (which a CPU build of torch refuses)."""
+    try:
+        return GANTrainer(g, d, z_dim=2, **kw)
+    except ValueError:
+        raise
+    except (RuntimeError, AssertionError):  # "Torch not compiled with CUDA enabled"
+        return None
+
+
+@pytest.mark.parametrize("device", [None, "cuda"], ids=["unset", "bare"])  # an id "cuda" would mark it a GPU test
+def test_default_and_bare_cuda_devices_become_the_current_one(fake_cuda, device):
+    log = []
+    _build_until_cuda_is_needed(_Placed(2, 3, log), _Placed(3, 1, log), device=device)
+    assert log[:2] == [(3, (torch.device("cuda", 1),), {}), (1, (torch.device("cuda", 1),), {})]
+
+
+def test_cuda_device_checks(fake_cuda, monkeypatch):
+    msg = "GANTrainer: argument 'device' is 'cuda:2' but there are only 2 CUDA devices"
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        GANTrainer(*_nets(), z_dim=2, device="cuda:2")
+    log = []
+    _build_until_cuda_is_needed(_Placed(2, 3, log), _Placed(3, 1, log), device="cuda:1")   # the last one fits
+    assert log[0] == (3, (torch.device("cuda", 1),), {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    log.clear()
+    _build_until_cuda_is_needed(_Placed(2, 3, log), _Placed(3, 1, log), device="cuda")     # index 0 of 1
+    assert log[0] == (3, (torch.device("cuda", 0),), {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = "GANTrainer: argument 'device' is 'cuda' but no CUDA device is available"
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        GANTrainer(*_nets(), z_dim=2, device="cuda")
+
+
+def test_channels_last_by_default_only_for_conv_nets_on_cuda(fake_cuda):
+    log = []
+    _build_until_cuda_is_needed(_Placed(2, 3, log), _PlacedConv(log), device="cuda:0")
+    cl = {"memory_format": torch.channels_last}
+    assert [k for _, _, k in log] == [{}, {}, cl, cl]
+    log.clear()
+    _build_until_cuda_is_needed(_Placed(2, 3, log), _Placed(3, 1, log), device="cuda:0")
+    assert [k for _, _, k in log] == [{}, {}]
+    log.clear()
+    GANTrainer(_Placed(2, 3, log), _PlacedConv(log), z_dim=2, device="cpu")
+    assert [k for _, _, k in log] == [{}, {}]
+
+
+def test_torchrun_on_cuda_uses_nccl_and_the_local_device(fake_cuda, monkeypatch):
+    class Dist(_FakeDist):
+        def is_available(self):
+            return True
+
+        def is_initialized(self):
+            return False
+
+        def init_process_group(self, backend):
+            self.calls.append(("init", backend))
+
+        def get_world_size(self):
+            return 2
+
+        def get_rank(self):
+            return 1
+
+    wrapped = []
+
+    class DDP(nn.Module):
+        def __init__(self, module, device_ids=None):
+            super().__init__()
+            wrapped.append(device_ids)
+            self.module = module
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    fake = Dist()
+    monkeypatch.setattr(trainer_mod, "dist", fake)
+    log = []
+    _build_until_cuda_is_needed(_Placed(2, 3, log), _Placed(3, 1, log))
+    assert fake_cuda == [("set_device", torch.device("cuda", 1))] and fake.calls == [("init", "nccl")]
+    assert log[0] == (3, (torch.device("cuda", 1),), {}) and wrapped == [[1], [1]]
+
+
+def test_trainer_wraps_both_networks_for_the_jit_when_asked(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda m: ("jit", m))
+    g, d = _nets()
+    t = GANTrainer(g, d, z_dim=2, compile=True)
+    assert t._G == ("jit", g) and t._D == ("jit", d) and t.generator is g
+
+
+def test_fp16_scalers_are_made_for_the_trainer_device(monkeypatch):
+    made = []
+
+    class Scaler(torch.amp.GradScaler):
+        def __init__(self, device="cuda", **kw):
+            made.append(device)
+            super().__init__(device, **kw)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Scaler)
+    GANTrainer(*_nets(), z_dim=2, amp="fp16")
+    assert made == ["cpu", "cpu"]
