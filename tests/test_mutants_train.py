@@ -1973,3 +1973,18 @@ def test_fp16_scalers_are_made_for_the_trainer_device(monkeypatch):
     monkeypatch.setattr(torch.amp, "GradScaler", Scaler)
     GANTrainer(*_nets(), z_dim=2, amp="fp16")
     assert made == ["cpu", "cpu"]
+
+
+def test_cuda_rng_states_are_saved_once_cuda_is_in_use_and_restored_per_device(fake_cuda, monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["s0", "s1"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert trainer_mod._rng_state()["cuda"] == []          # CUDA never touched: nothing to save
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    s = trainer_mod._rng_state()
+    assert s["cuda"] == ["s0", "s1"]
+    trainer_mod._set_rng_state(dict(s, cuda=["a", "b", "c"]))     # saved on 3 GPUs, resumed on 2
+    assert restored == [["a", "b"]]
+    trainer_mod._set_rng_state(dict(s, cuda=[]))
+    assert restored == [["a", "b"]]
