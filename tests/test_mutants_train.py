@@ -1082,30 +1082,32 @@ def test_load_state_dict_takes_this_rank_rng():
     assert torch.equal(torch.rand(3), want)
 
 
-def test_init_under_torchrun_with_a_fake_process_group(monkeypatch):
-    """WORLD_SIZE > 1: gloo on the CPU, rank and world from the group, both networks wrapped in DDP
-    (no device_ids on the CPU), per-rank noise seed, only rank 0 is main."""
-    class Dist(_FakeDist):
-        def __init__(self, initialized):
-            super().__init__()
-            self.initialized = initialized
+class _TorchrunDist(_FakeDist):
+    """A torchrun process group of 2 as seen by rank 1; init_process_group is recorded."""
 
-        def is_available(self):
-            return True
+    def __init__(self, initialized=False):
+        super().__init__()
+        self.initialized = initialized
 
-        def is_initialized(self):
-            return self.initialized
+    def is_available(self):
+        return True
 
-        def init_process_group(self, backend):
-            self.calls.append(("init", backend))
-            self.initialized = True
+    def is_initialized(self):
+        return self.initialized
 
-        def get_world_size(self):
-            return 2
+    def init_process_group(self, backend):
+        self.calls.append(("init", backend))
+        self.initialized = True
 
-        def get_rank(self):
-            return 1
+    def get_world_size(self):
+        return 2
 
+    def get_rank(self):
+        return 1
+
+
+def _fake_torchrun(monkeypatch):
+    """WORLD_SIZE=2, LOCAL_RANK=1 and a DDP stand-in; returns the list of (module, device_ids) it wrapped."""
     wrapped = []
 
     class DDP(nn.Module):
@@ -1117,6 +1119,14 @@ def test_init_under_torchrun_with_a_fake_process_group(monkeypatch):
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    return wrapped
+
+
+def test_init_under_torchrun_with_a_fake_process_group(monkeypatch):
+    """WORLD_SIZE > 1: gloo on the CPU, rank and world from the group, both networks wrapped in DDP
+    (no device_ids on the CPU), per-rank noise seed, only rank 0 is main."""
+    Dist = _TorchrunDist
+    wrapped = _fake_torchrun(monkeypatch)
     for initialized in (False, True):
         fake = Dist(initialized)
         monkeypatch.setattr(trainer_mod, "dist", fake)
@@ -1920,39 +1930,13 @@ def test_channels_last_by_default_only_for_conv_nets_on_cuda(fake_cuda):
 
 
 def test_torchrun_on_cuda_uses_nccl_and_the_local_device(fake_cuda, monkeypatch):
-    class Dist(_FakeDist):
-        def is_available(self):
-            return True
-
-        def is_initialized(self):
-            return False
-
-        def init_process_group(self, backend):
-            self.calls.append(("init", backend))
-
-        def get_world_size(self):
-            return 2
-
-        def get_rank(self):
-            return 1
-
-    wrapped = []
-
-    class DDP(nn.Module):
-        def __init__(self, module, device_ids=None):
-            super().__init__()
-            wrapped.append(device_ids)
-            self.module = module
-
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    fake = Dist()
+    wrapped = _fake_torchrun(monkeypatch)
+    fake = _TorchrunDist()
     monkeypatch.setattr(trainer_mod, "dist", fake)
     log = []
     _build_until_cuda_is_needed(_Placed(2, 3, log), _Placed(3, 1, log))
     assert fake_cuda == [("set_device", torch.device("cuda", 1))] and fake.calls == [("init", "nccl")]
-    assert log[0] == (3, (torch.device("cuda", 1),), {}) and wrapped == [[1], [1]]
+    assert log[0] == (3, (torch.device("cuda", 1),), {}) and [ids for _, ids in wrapped] == [[1], [1]]
 
 
 def test_trainer_wraps_both_networks_for_the_jit_when_asked(monkeypatch):
