@@ -124,13 +124,14 @@ def _cmd_train(args) -> int:
     except (ValueError, TypeError) as e:
         raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
     main = tr.is_main
+    say = main and not args.quiet  # --quiet: the final summary (and errors) only
     cdir = os.path.join(out, "checkpoints")
     if args.resume:
         path = tr.load_latest(out)
         if path is None:
-            if main:
+            if say:
                 print(f"fastgan: --resume: no readable checkpoint under {cdir}; starting from step 0", flush=True)
-        elif main:
+        elif say:
             print(f"fastgan: resumed from {path} (step {tr.step})", flush=True)
     elif ckpt.list_checkpoints(cdir):
         raise CLIError(f"--out {out} already holds checkpoints: pass --resume to continue that run, "
@@ -141,13 +142,14 @@ def _cmd_train(args) -> int:
             json.dump({"data": args.data, "model": model, "steps": steps, "batch_size": batch,
                        "width": width, "image_size": getattr(G, "config", {}).get("image_size"),
                        "trainer": tr.config, "processes": tr.world}, f, indent=2)
+    if say:
         print(f"fastgan: training {model} on {ds.name or args.data} ({len(ds)} samples, "
               f"{'x'.join(map(str, ds.x.shape[1:]))}) on {tr.device}"
               f"{f' x {tr.world} processes' if tr.world > 1 else ''} for {steps} steps, batch {batch}, "
               f"loss {args.loss}; writing to {out}/", flush=True)
     try:
         tr.fit(ds, steps, batch, out_dir=out, log_every=args.log_every, sample_every=args.sample_every,
-               checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+               checkpoint_every=args.checkpoint_every, progress=not (args.no_progress or args.quiet))
     except NonFiniteLossError as e:
         sys.stderr.write(f"fastgan: error: {e}\n")
         return 1
@@ -268,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="EMA of the generator for samples (default: 0.99 dcgan, off mlp; 0: off)")
     pt.add_argument("--compile", action="store_true", help="torch.compile both networks")
     pt.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.add_argument("--no-progress", action="store_true",
+                    help="no progress (a bar on a terminal, one line per --log-every steps otherwise)")
+    pt.add_argument("--quiet", action="store_true", help="print only the final summary")
 
     ps = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG")
     ps.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (newest checkpoint)")

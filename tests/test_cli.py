@@ -229,3 +229,15 @@ def test_ddp_two_processes_gloo(tmp_path):
     ck = ckpt.read(ckpt.path_for(str(tmp_path / "mlp" / "checkpoints"), 6))
     assert ck["world"] == 2 and len(ck["rng"]) == 2
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path / "dcgan" / "checkpoints"))] == [2, 4]
+
+
+def test_train_quiet_prints_only_the_summary(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", "ring8", "--width", "16", "--batch-size", "32", "--threads", "1", "--steps", "4",
+            "--log-every", "1", "--sample-every", "4", "--out", out]
+    rc, o, e = run_cli([*argv, "--quiet"], capsys)
+    assert rc == 0, e
+    assert e == "" and o.startswith("fastgan: done: step 4") and o.count("\n") == 2
+    rc, o, e = run_cli([*argv[:-1], out + "2"], capsys)                  # not quiet, stderr not a terminal
+    assert rc == 0 and o.startswith("fastgan: training mlp on ring8")
+    assert [ln.split()[1] for ln in e.splitlines()] == ["1/4", "2/4", "3/4", "4/4"] and "\r" not in e

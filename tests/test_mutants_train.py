@@ -6,6 +6,7 @@ test (by-hand arithmetic, PIL/numpy), not from the code under test.
 """
 import random
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -1248,7 +1249,8 @@ def test_gradient_penalty_weight_is_passed_whatever_its_size(monkeypatch):
 
 
 # ---- fit: the progress bar, the defaults, what a resumed run writes -----------------------------
-def test_progress_bar(capsys):
+def test_progress_bar(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)      # on a terminal: a tqdm bar
     t = GANTrainer(*_nets(), z_dim=2)
     hist = t.fit(_data(), 2, 4, log_every=1, progress=True)
     err = capsys.readouterr().err
@@ -1777,7 +1779,7 @@ def test_fit_default_checkpoint_cadence_and_progress(tmp_path, capsys):
     t.step = 998
     t.fit(_data(), 1001, 4, out_dir=str(tmp_path), log_every=10 ** 6, sample_every=10 ** 6)
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path / "checkpoints"))] == [1000, 1001]
-    assert "1001/1001" in capsys.readouterr().err              # a progress bar by default
+    assert capsys.readouterr().err.startswith("step 1001/1001  d ")    # progress by default
     assert t.interrupted is None
 
 
@@ -1794,6 +1796,7 @@ def test_progress_bar_settings(monkeypatch):
             posts.append(kw.pop("refresh", "missing"))
 
     monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     GANTrainer(*_nets(), z_dim=2).fit(_data(), 2, 4, log_every=1)
     assert made == [{"total": 2, "initial": 0, "unit": "step", "dynamic_ncols": True, "leave": True}]
     assert posts == [False, False]                              # redrawn by update(), not on every log
@@ -1968,3 +1971,16 @@ def test_cuda_rng_states_are_saved_once_cuda_is_in_use_and_restored_per_device(f
     assert restored == [["a", "b"]]
     trainer_mod._set_rng_state(dict(s, cuda=[]))
     assert restored == [["a", "b"]]
+
+
+def test_progress_in_a_log_file_is_one_line_per_log(capsys):
+    """stderr not a terminal (a log file, CI): no bar redraws, one line per log record."""
+    t = GANTrainer(*_nets(), z_dim=2)
+    hist = t.fit(_data(), 5, 4, log_every=2)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    want = "".join(f"step {r['step']}/5  d {r['d_loss']:.3f}  g {r['g_loss']:.3f}  D(x) {r['d_real']:.2f}  "
+                   f"D(G(z)) {r['d_fake']:.2f}  {r['img_per_s']:.0f} img/s\n" for r in hist)
+    assert err == want and [r["step"] for r in hist] == [2, 4, 5]
+    t.fit(_data(), 6, 4, log_every=1, progress=False)
+    assert capsys.readouterr().err == ""

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -319,10 +320,13 @@ class GANTrainer:
         batches = make_batches(data, batch_size, device=self.device, channels_last=self.channels_last,
                                seed=self.seed, rank=self.rank, world=self.world, state=self._data_state)
         self._batches = batches
-        bar = None
+        bar = lines = None
         if progress and self.is_main and self.step < steps:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True, leave=True)
+            if sys.stderr.isatty():
+                from tqdm.auto import tqdm
+                bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True, leave=True)
+            else:  # a log file: one line per log record, not thousands of carriage-return redraws
+                lines = steps
         stop = {"sig": None}
         old = self._install_signals(stop)
         t0, n0 = time.perf_counter(), self.step
@@ -342,6 +346,10 @@ class GANTrainer:
                         bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
                                         Dx=f"{rec['d_real']:.2f}", DGz=f"{rec['d_fake']:.2f}",
                                         img_s=f"{rec['img_per_s']:.0f}", refresh=False)
+                    elif lines and rec:
+                        print(f"step {rec['step']}/{lines}  d {rec['d_loss']:.3f}  g {rec['g_loss']:.3f}  "
+                              f"D(x) {rec['d_real']:.2f}  D(G(z)) {rec['d_fake']:.2f}  "
+                              f"{rec['img_per_s']:.0f} img/s", file=sys.stderr, flush=True)
                 if out_dir and (self.step % sample_every == 0 or final):
                     self._check_finite()
                     self._samples_and_eval(out_dir, evaluator)
