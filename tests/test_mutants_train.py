@@ -318,6 +318,7 @@ import signal  # noqa: E402
 
 from fastgan.train import checkpoint as ckpt  # noqa: E402
 from fastgan.train import trainer as trainer_mod  # noqa: E402
+from fastgan.objectives import gan as gan_objective  # noqa: E402
 
 
 def _data(n=8):
@@ -1637,7 +1638,7 @@ def test_non_finite_message_names_the_newest_of_several_checkpoints(tmp_path):
 def test_noise_and_stop_votes_go_to_the_trainer_device(monkeypatch):
     t = GANTrainer(*_nets(), z_dim=2)
     t.device = torch.device("meta")  # stands in for a GPU: where tensors go is all that is checked
-    assert t._noise(3).device.type == "meta" and t._noise(3).shape == (3, 2)
+    assert t.noise(3).device.type == "meta" and t.noise(3).shape == (3, 2)
 
     class Seen(Exception):
         pass
@@ -1841,8 +1842,8 @@ def test_log_record_is_the_mean_of_the_per_step_records():
 
 def test_no_r1_penalty_is_computed_when_gamma_is_zero(monkeypatch):
     calls = []
-    r1 = trainer_mod.ops.r1_penalty
-    monkeypatch.setattr(trainer_mod.ops, "r1_penalty", lambda *a, **k: calls.append(1) or r1(*a, **k))
+    r1 = gan_objective.ops.r1_penalty
+    monkeypatch.setattr(gan_objective.ops, "r1_penalty", lambda *a, **k: calls.append(1) or r1(*a, **k))
     GANTrainer(*_nets(), z_dim=2, r1_gamma=0.0).fit(_data(), 2, 4, progress=False)
     assert calls == []
     GANTrainer(*_nets(), z_dim=2, r1_gamma=0.1).fit(_data(), 2, 4, progress=False)

@@ -2,7 +2,7 @@
 
 Tiny float64 networks (G = Linear(2, 3); D = Linear(3, 1), or Linear(3, 4)-tanh-Linear(4, 1) where a
 penalty must depend on x), fixed real batches (fed through `fit` in place of its batch stream),
-fixed noise (the trainer's `_noise` replaced) and fixed WGAN-GP interpolation coefficients
+fixed noise (the trainer's `noise` replaced) and fixed WGAN-GP interpolation coefficients
 (`torch.rand` replaced while `fit` runs). The expected parameters after one and after three steps
 are computed here from plain torch autograd on leaf tensors, with the networks, losses, penalties,
 optimisers and EMA written out by hand: nothing of fastgan.ops or of the trainer is used. They must
@@ -205,7 +205,7 @@ class Rig:
         self.stream = Stream(self.reals)
         self.noise_calls, self.rand_calls = [], []
         monkeypatch.setattr(trainer_mod, "make_batches", lambda data, batch_size, **k: self.stream)
-        self.t._noise = self._noise
+        self.t.noise = self._noise
         self.monkeypatch = monkeypatch
 
     def _noise(self, n):

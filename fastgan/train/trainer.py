@@ -1,6 +1,7 @@
 """GANTrainer: the alternating updates of the GAN paper (discriminator first, then generator) with
 fastgan's fused losses, and the machinery a week-long run needs: atomic checkpoints with every RNG
 (exact resume), a guard against non-finite losses, signals, AMP, EMA, torch.compile and DDP."""
+import contextlib
 import copy
 import json
 import os
@@ -16,21 +17,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import ops
 from . import checkpoint as ckpt
 from .data import make_batches
 
 LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
-_STATS = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "gp")
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss (without an fp16 scaler to skip the step)."""
-
-
-def _acc(t):
-    """Logits/penalties for the losses: fp16/bf16 (autocast) up to fp32; fp64 stays fp64."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def _check_pos(name, v, *, allow_zero=False, kind=(int,)):
@@ -43,10 +37,12 @@ def _check_pos(name, v, *, allow_zero=False, kind=(int,)):
 class GANTrainer:
     """Trains `generator` (z (N, z_dim) -> sample) against `discriminator` (sample -> logits).
 
-    Each step: `d_steps` discriminator updates, each on a real batch and a fresh fake batch (+ R1
-    every `r1_every` steps when `r1_gamma` > 0, or + WGAN-GP when `gp_weight` > 0), then one
-    generator update on the last fake batch (the discriminator frozen). `loss` is one of
-    ns, minimax, hinge, wgan, lsgan, rals (fastgan.ops.d_loss / g_loss).
+    What one step does is the `objective`'s (fastgan.objectives; the plain GAN by default): with
+    it, `d_steps` discriminator updates, each on a real batch and a fresh fake batch (+ R1 every
+    `r1_every` steps when `r1_gamma` > 0, or + WGAN-GP when `gp_weight` > 0), then one generator
+    update on the last fake batch (the discriminator frozen). `loss` is one of ns, minimax, hinge,
+    wgan, lsgan, rals (fastgan.ops.d_loss / g_loss). Networks an objective adds (InfoGAN's Q head,
+    an encoder) are placed, wrapped, optimised, saved and restored like G and D.
 
     Optimisers: Adam(lr, betas) by default; `g_optimizer` / `d_optimizer` may be an optimizer over
     the model's parameters or a callable `params -> optimizer`.
@@ -62,7 +58,14 @@ class GANTrainer:
                  d_steps: int = 1, lr_g: float = 2e-4, lr_d: float = 2e-4, betas=(0.5, 0.999),
                  g_optimizer=None, d_optimizer=None, r1_gamma: float = 0.0, r1_every: int = 1,
                  gp_weight: float = 0.0, ema_decay=None, amp=None, device=None, seed: int = 0,
-                 compile: bool = False, channels_last=None, keep_checkpoints: int = 3):
+                 compile: bool = False, channels_last=None, keep_checkpoints: int = 3, objective=None):
+        from ..objectives import GAN, Objective
+        if objective is None:
+            objective = GAN()
+        if not isinstance(objective, Objective):
+            raise TypeError("GANTrainer: argument 'objective' must be a fastgan.objectives.Objective, "
+                            f"got {type(objective).__name__}")
+        self.objective = objective
         if not isinstance(generator, nn.Module):
             raise TypeError(f"GANTrainer: argument 'generator' must be an nn.Module, got {type(generator).__name__}")
         if not isinstance(discriminator, nn.Module):
@@ -89,7 +92,7 @@ class GANTrainer:
         self.ema_decay, self.amp, self.seed, self.keep = ema_decay, amp, seed, keep_checkpoints
         self.config = dict(z_dim=z_dim, loss=loss, d_steps=d_steps, lr_g=lr_g, lr_d=lr_d, betas=list(betas),
                            r1_gamma=r1_gamma, r1_every=r1_every, gp_weight=gp_weight, ema_decay=ema_decay,
-                           amp=amp, seed=seed, compile=compile)
+                           amp=amp, seed=seed, compile=compile, **objective.config())
 
         # ---- processes and device
         self.world, self.rank, self.local_rank = 1, 0, 0
@@ -124,35 +127,50 @@ class GANTrainer:
         np.random.seed(seed + self.rank)
         random.seed(seed + self.rank)
 
-        # ---- models
-        self.generator = generator.to(self.device)
-        self.discriminator = discriminator.to(self.device)
+        # ---- models: G, D and the objective's own networks, each moved, wrapped and optimised
+        extra = objective.networks()
+        for name, m in extra.items():
+            if name in ("generator", "discriminator") or not isinstance(m, nn.Module):
+                raise ValueError(f"GANTrainer: the objective's network {name!r} must be an nn.Module with "
+                                 "a name other than generator/discriminator")
+        nets = {"generator": generator, "discriminator": discriminator, **extra}
+        self.nets = {name: m.to(self.device) for name, m in nets.items()}
+        self.generator, self.discriminator = self.nets["generator"], self.nets["discriminator"]
         conv = any(p.dim() == 4 for p in discriminator.parameters())
         self.channels_last = (self.device.type == "cuda" and conv) if channels_last is None else bool(channels_last)
         if self.channels_last:
-            self.generator.to(memory_format=torch.channels_last)
-            self.discriminator.to(memory_format=torch.channels_last)
+            for m in self.nets.values():
+                m.to(memory_format=torch.channels_last)
         self.ema = None
         if ema_decay is not None:
             self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
-        self.opt_g = self._optimizer(g_optimizer, self.generator, lr_g, betas, "g_optimizer")
-        self.opt_d = self._optimizer(d_optimizer, self.discriminator, lr_d, betas, "d_optimizer")
-        G, D = self.generator, self.discriminator
+        players = objective.players()
+        for player, names in players.items():
+            unknown = [n for n in names if n not in self.nets]
+            if unknown:
+                raise ValueError(f"GANTrainer: the objective's player {player!r} names unknown networks {unknown}")
+        given = {"g": (g_optimizer, lr_g, "g_optimizer"), "d": (d_optimizer, lr_d, "d_optimizer")}
+        self.optimizers = {}
+        for player, names in players.items():
+            opt, lr, arg = given.get(player, (None, lr_g, f"optimizer of {player!r}"))
+            self.optimizers[player] = self._optimizer(opt, [self.nets[n] for n in names], lr, betas, arg)
+        self.opt_g, self.opt_d = self.optimizers.get("g"), self.optimizers.get("d")
+        wrapped = dict(self.nets)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            G = DDP(G, device_ids=ids)
-            D = DDP(D, device_ids=ids)
+            wrapped = {name: DDP(m, device_ids=ids) for name, m in wrapped.items()}
         if compile:
-            G, D = torch.compile(G), torch.compile(D)
-        self._G, self._D = G, D
+            wrapped = {name: torch.compile(m) for name, m in wrapped.items()}
+        self._nets = wrapped
+        self._G, self._D = wrapped["generator"], wrapped["discriminator"]
 
         # ---- AMP
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
-        self.scaler_g = self.scaler_d = None
-        if amp == "fp16":
-            self.scaler_g = torch.amp.GradScaler(self.device.type)
-            self.scaler_d = torch.amp.GradScaler(self.device.type)
+        self.scalers = {}
+        if amp == "fp16":  # one GradScaler per player: a skipped step of one is not the other's
+            self.scalers = {player: torch.amp.GradScaler(self.device.type) for player in self.optimizers}
+        self.scaler_g, self.scaler_d = self.scalers.get("g"), self.scalers.get("d")
 
         # ---- state
         self.step = 0
@@ -160,34 +178,68 @@ class GANTrainer:
         self.interrupted = None
         self._data_state = None
         self._bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
-        self._sums = torch.zeros(len(_STATS), device=self.device)
+        self._sums = torch.zeros(len(objective.stats), device=self.device)
         self._count = 0
         g = torch.Generator(device="cpu").manual_seed(seed + 1_000_003)
         self.fixed_z = torch.randn(64, z_dim, generator=g)
+        objective.bind(self)
 
     # ------------------------------------------------------------------------------------------
-    def _optimizer(self, opt, model, lr, betas, name):
+    def _optimizer(self, opt, modules, lr, betas, name):
+        params = [p for m in modules for p in m.parameters()]
         if opt is None:
-            return torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
+            return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
         if isinstance(opt, torch.optim.Optimizer):
             ids = {id(p) for grp in opt.param_groups for p in grp["params"]}
-            if not ids <= {id(p) for p in model.parameters()}:
+            if not ids <= {id(p) for p in params}:
                 raise ValueError(f"GANTrainer: argument '{name}' optimises tensors that are not this model's "
                                  "parameters (build it after the model, before the trainer moves it)")
             return opt
         if callable(opt):
-            return opt(model.parameters())
+            return opt(params)
         raise TypeError(f"GANTrainer: argument '{name}' must be an optimizer, a callable or None")
 
-    def _autocast(self):
+    # ---- the API objectives use (fastgan/objectives/base.py) -----------------------------------
+    def net(self, name: str):
+        """The network `name` as training calls it (DDP-wrapped and/or compiled)."""
+        return self._nets[name]
+
+    def autocast(self):
+        """The AMP context for network calls (disabled without amp)."""
         if self.amp_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _noise(self, n):
+    def noise(self, n):
+        """Latent noise (n, z_dim) on the trainer's device, from the global RNG."""
         return torch.randn(n, self.z_dim, device=self.device)
 
-    def _backward_step(self, loss, opt, scaler):
+    @contextlib.contextmanager
+    def frozen(self, *names):
+        """No weight gradients for these networks inside the block: a single process freezes their
+        parameters (restoring what the user froze), DDP skips their all-reduce (no_sync)."""
+        single = self.world == 1
+        params = [p for n in names for p in self.nets[n].parameters()]
+        was = [p.requires_grad for p in params]
+        if single:
+            for p in params:
+                p.requires_grad_(False)
+        with contextlib.ExitStack() as stack:
+            for n in names:
+                w = self._nets[n]
+                if hasattr(w, "no_sync"):
+                    stack.enter_context(w.no_sync())
+            try:
+                yield
+            finally:
+                if single:
+                    for p, r in zip(params, was):
+                        p.requires_grad_(r)
+
+    def update(self, player: str, loss):
+        """One optimiser step of `player` on `loss`: zero_grad, backward (scaled under fp16), step."""
+        opt, scaler = self.optimizers[player], self.scalers.get(player)
+        opt.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
             opt.step()
@@ -197,67 +249,14 @@ class GANTrainer:
             scaler.update()
 
     def _train_step(self, batches):
-        G, D, kind = self._G, self._D, self.loss
-        zero = torch.zeros((), device=self.device)
-        r1 = gp = zero
-        fake = real_logits = None
-        for i in range(self.d_steps):
-            real = next(batches)
-            n = real.shape[0]
-            z = self._noise(n)
-            last = i == self.d_steps - 1
-            do_r1 = self.r1_gamma > 0 and self.step % self.r1_every == 0
-            with self._autocast():
-                if last:  # kept with its graph for the generator update
-                    fake = G(z)
-                else:
-                    with torch.no_grad():
-                        fake = G(z)
-                if do_r1:
-                    real = real.detach().requires_grad_(True)
-                real_logits = D(real)
-                fake_logits = D(fake.detach())
-            ld, st = ops.d_loss(_acc(real_logits), _acc(fake_logits), kind, return_stats=True)
-            total = ld
-            if do_r1:
-                r1 = ops.r1_penalty(_acc(real_logits), real, gamma=self.r1_gamma)
-                total = total + r1 * self.r1_every
-            if self.gp_weight > 0:
-                with self._autocast():
-                    gp = ops.gradient_penalty(D, real.detach(), fake.detach(), weight=self.gp_weight)
-                gp = _acc(gp)
-                total = total + gp
-            self.opt_d.zero_grad(set_to_none=True)
-            self._backward_step(total, self.opt_d, self.scaler_d)
-
-        # generator update: D frozen (no weight gradients; under DDP no all-reduce of D either)
-        single = self.world == 1
-        if single:
-            frozen = [not p.requires_grad for p in self.discriminator.parameters()]
-            self.discriminator.requires_grad_(False)
-        ctx = D.no_sync() if hasattr(D, "no_sync") else _null()
-        with ctx:
-            with self._autocast():
-                fl = D(fake)
-                rl = None
-                if kind == "rals":  # the real logits of the updated D too, like the fake ones
-                    with torch.no_grad():
-                        rl = D(real.detach())
-            lg = ops.g_loss(_acc(fl), kind, real_logits=None if rl is None else _acc(rl))
-            self.opt_g.zero_grad(set_to_none=True)
-            self._backward_step(lg, self.opt_g, self.scaler_g)
-        if single:  # back as it was: parameters the user froze stay frozen
-            for p, f in zip(self.discriminator.parameters(), frozen):
-                p.requires_grad_(not f)
+        out = self.objective.step(self, batches)
         if self.ema is not None:
             self._update_ema()
         self.step += 1
-
-        vals = torch.stack([ld.detach().float(), lg.detach().float(), st["d_real"].detach().float(),
-                            st["d_fake"].detach().float(), r1.detach().float(), gp.detach().float()])
+        vals = torch.stack([out[k].detach().float() for k in self.objective.stats])
         self._sums += vals
         self._count += 1
-        if self.scaler_g is None:
+        if not self.scalers:
             bad = ~torch.isfinite(vals).all()
             self._bad = torch.where(bad & (self._bad < 0), torch.full_like(self._bad, self.step), self._bad)
 
@@ -332,8 +331,8 @@ class GANTrainer:
         t0, n0 = time.perf_counter(), self.step
         try:
             while self.step < steps:
-                self._G.train()
-                self._D.train()
+                for m in self._nets.values():
+                    m.train()
                 self._train_step(batches)
                 if bar is not None:
                     bar.update(1)
@@ -377,15 +376,12 @@ class GANTrainer:
             s = s / self.world
         vals = s.tolist()
         dt = max(time.perf_counter() - t0, 1e-9)
-        rec = {"step": self.step, **{k: v for k, v in zip(_STATS, vals)},
-               "img_per_s": (self.step - n0) * batch_size * self.d_steps * self.world / dt,
+        shown = self.objective.logged(self)
+        rec = {"step": self.step, **{k: v for k, v in zip(self.objective.stats, vals) if k in shown},
+               "img_per_s": (self.step - n0) * batch_size * self.objective.reals_per_step(self) * self.world / dt,
                "s_per_step": dt / max(self.step - n0, 1)}
-        if self.r1_gamma == 0:
-            rec.pop("r1")
-        if self.gp_weight == 0:
-            rec.pop("gp")
-        if self.scaler_d is not None:
-            rec["scale_d"], rec["scale_g"] = self.scaler_d.get_scale(), self.scaler_g.get_scale()
+        for player, scaler in sorted(self.scalers.items()):
+            rec[f"scale_{player}"] = scaler.get_scale()
         self._sums.zero_()
         self._count = 0
         if self.is_main:
@@ -449,9 +445,10 @@ class GANTrainer:
 
     # ---- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, ema: bool = True, z=None, batch_size: int = 500) -> torch.Tensor:
+    def sample(self, n: int, *, ema: bool = True, z=None, y=None, batch_size: int = 500) -> torch.Tensor:
         """n samples on the CPU from the EMA generator (if any and `ema`), in eval mode.
-        Uses `z` (n, z_dim) when given, else fresh noise from the global RNG."""
+        Uses `z` (n, z_dim) when given, else fresh noise from the global RNG; `y` (n,) are the
+        labels of a conditional objective."""
         model = self.ema if (ema and self.ema is not None) else self.generator
         if z is None:
             z = torch.randn(n, self.z_dim, device=self.device)
@@ -460,8 +457,10 @@ class GANTrainer:
         try:
             out = []
             for i in range(0, n, batch_size):
-                with self._autocast():
-                    out.append(model(z[i:i + batch_size].to(self.device)).float().cpu())
+                zi = z[i:i + batch_size].to(self.device)
+                yi = None if y is None else y[i:i + batch_size].to(self.device)
+                with self.autocast():
+                    out.append(self.objective.generate(model, zi, yi).float().cpu())
         finally:
             model.train(was)
         return torch.cat(out)
@@ -488,6 +487,11 @@ class GANTrainer:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
             "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict(),
+            # what an objective adds: its networks, the optimisers/scalers of its other players, its state
+            "nets": {k: m.state_dict() for k, m in self.nets.items() if k not in ("generator", "discriminator")},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items() if k not in ("g", "d")},
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items() if k not in ("g", "d")},
+            "objective": self.objective.state_dict(),
             "rng": rng, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
             "history": self.history, "config": self.config, "world": self.world,
             "models": None if kind is None else {"kind": kind, "generator": dict(self.generator.config),
@@ -528,12 +532,22 @@ class GANTrainer:
                 self.ema.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["generator"])
             self.opt_g.load_state_dict(ck["opt_g"])
             self.opt_d.load_state_dict(ck["opt_d"])
+            for k, m in self.nets.items():
+                if k not in ("generator", "discriminator"):
+                    m.load_state_dict(ck["nets"][k])
+            for k, o in self.optimizers.items():
+                if k not in ("g", "d"):
+                    o.load_state_dict(ck["optimizers"][k])
+            self.objective.load_state_dict(ck.get("objective") or {})
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"{source}: does not fit this trainer's models/optimizers: "
                                        f"{str(e).splitlines()[0]}") from None
         if self.scaler_g is not None and ck.get("scaler_g"):
             self.scaler_g.load_state_dict(ck["scaler_g"])
             self.scaler_d.load_state_dict(ck["scaler_d"])
+            for k, sc in self.scalers.items():
+                if k not in ("g", "d") and k in (ck.get("scalers") or {}):
+                    sc.load_state_dict(ck["scalers"][k])
         self.step = int(ck["step"])
         self.history = list(ck.get("history") or [])
         self._data_state = ck.get("data")
@@ -548,14 +562,6 @@ class GANTrainer:
         self._bad.fill_(-1)
         self._sums.zero_()
         self._count = 0
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,4 @@
+"""What differs between GAN variants, one small file each; fastgan.train.GANTrainer runs the loop.
+See base.py for the contract."""
+from .base import Objective  # noqa: F401
+from .gan import GAN  # noqa: F401

@@ -1,0 +1,69 @@
+"""The contract between GANTrainer (the loop machinery) and an objective (what differs between
+GAN variants).
+
+The trainer owns everything that is the same for every variant: devices, processes (DDP),
+optimisers, AMP scalers, EMA of the generator, checkpoints and exact resume, signals, the
+non-finite guard, logging, samples and evaluation. An objective owns one training step: what a
+batch holds, how the networks are called, which losses are minimised by which player, and which
+scalars are logged. It reaches the trainer only through this small API:
+
+    t.net(name)          the network to call (DDP-wrapped / compiled as the trainer set it up)
+    t.autocast()         the AMP context for network calls (losses are taken outside it, in fp32)
+    t.noise(n)           latent noise (n, z_dim) on the trainer's device
+    t.frozen(*names)     a context: those networks get no weight gradients (single process: their
+                         parameters are frozen; under DDP: no all-reduce), as D in G's update
+    t.update(player, loss)   zero_grad, backward (scaled under fp16), optimiser step of `player`
+    t.step, t.device, t.world and the game settings (t.loss, t.d_steps, t.r1_gamma, t.r1_every,
+    t.gp_weight)
+"""
+from torch import nn
+
+
+class Objective:
+    """Base class of the objectives; subclasses set `stats` and implement `step`."""
+
+    #: the per-step scalars `step` returns, in the order they are summed and logged
+    stats: tuple = ()
+    #: whether batches are (x, y) pairs (labels) rather than x alone
+    labels: bool = False
+
+    def networks(self) -> dict:
+        """Networks besides the generator and the discriminator (e.g. InfoGAN's Q head), by name.
+        The trainer moves them to its device, DDP-wraps, compiles, saves and restores them."""
+        return {}
+
+    def players(self) -> dict:
+        """player -> the names of the networks its optimiser updates. "g" and "d" use the
+        trainer's g_optimizer / d_optimizer (lr_g / lr_d); any other player gets Adam(lr_g)."""
+        return {"g": ("generator",), "d": ("discriminator",)}
+
+    def bind(self, trainer) -> None:
+        """Check the trainer's networks and settings once they are built (raise ValueError)."""
+
+    def step(self, t, batches) -> dict:
+        """One training step: the updates of every player. Returns {name: 0-dim tensor} for each
+        of `stats` (not synchronised: the trainer averages them at each log)."""
+        raise NotImplementedError
+
+    def logged(self, t) -> tuple:
+        """The stats that appear in the log (default: all)."""
+        return self.stats
+
+    def reals_per_step(self, t) -> int:
+        """Batches of real data one step consumes (for the images/s figure)."""
+        return 1
+
+    def generate(self, generator: nn.Module, z, y=None):
+        """Samples from `generator` for latent z (and labels y, for conditional objectives)."""
+        return generator(z)
+
+    def config(self) -> dict:
+        """Settings recorded in the trainer's config (and checkpoints) beside the trainer's own."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """State that must survive a resume (e.g. an image pool, an adaptive probability)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,95 @@
+"""The plain GAN game (Goodfellow et al. 2014): `d_steps` discriminator updates, each on a real
+batch and a fresh fake batch, then one generator update on the last fake batch with D frozen.
+
+    D:  min  d_loss(D(x), D(G(z)))  [+ gamma/2 E|grad_x D(x)|^2 (R1)  or  + WGAN-GP]
+    G:  min  g_loss(D(G(z)))         (non-saturating -log D(G(z)) by default)
+
+The loss kind and the penalties are the trainer's settings (GANTrainer(loss=, d_steps=, r1_gamma=,
+r1_every=, gp_weight=)); every loss is fastgan's fused op (value and gradient in one pass)."""
+import torch
+
+from .. import ops
+from .base import Objective
+
+
+def acc(t):
+    """Logits/penalties for the losses: fp16/bf16 (autocast) up to fp32; fp64 stays fp64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+class GAN(Objective):
+    """G(z) against D(x): the objective GANTrainer uses when none is given."""
+
+    stats = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "gp")
+
+    def logged(self, t):
+        drop = {"r1"} if t.r1_gamma == 0 else set()
+        if t.gp_weight == 0:
+            drop.add("gp")
+        return tuple(s for s in self.stats if s not in drop)
+
+    def reals_per_step(self, t):
+        return t.d_steps
+
+    # ---- hooks the variants of the same game override -----------------------------------
+    def split(self, batch):
+        """A batch -> (real samples, extra inputs shared by G and D for this batch)."""
+        return batch, None
+
+    def fake(self, t, n, cond):
+        """n fakes -> (fakes, what D needs about them, e.g. their labels); `cond` is the real batch's."""
+        return t.net("generator")(t.noise(n)), None
+
+    def discriminate(self, t, x, cond):
+        """D's logits for samples x."""
+        return t.net("discriminator")(x)
+
+    def critic(self, t, cond):
+        """D as a function of x alone, for WGAN-GP's interpolates (between a real and a fake of
+        the same condition: conditional objectives pair fakes with the real batch's labels)."""
+        return t.net("discriminator")
+
+    # ---- the step ---------------------------------------------------------------------------
+    def step(self, t, batches):
+        kind = t.loss
+        zero = torch.zeros((), device=t.device)
+        r1 = gp = zero
+        fake = real = cond = fcond = None
+        for i in range(t.d_steps):
+            real, cond = self.split(next(batches))
+            n = real.shape[0]
+            last = i == t.d_steps - 1
+            do_r1 = t.r1_gamma > 0 and t.step % t.r1_every == 0
+            with t.autocast():
+                if last:  # kept with its graph for the generator update
+                    fake, fcond = self.fake(t, n, cond)
+                else:
+                    with torch.no_grad():
+                        fake, fcond = self.fake(t, n, cond)
+                if do_r1:
+                    real = real.detach().requires_grad_(True)
+                real_logits = self.discriminate(t, real, cond)
+                fake_logits = self.discriminate(t, fake.detach(), fcond)
+            ld, st = ops.d_loss(acc(real_logits), acc(fake_logits), kind, return_stats=True)
+            total = ld
+            if do_r1:
+                r1 = ops.r1_penalty(acc(real_logits), real, gamma=t.r1_gamma)
+                total = total + r1 * t.r1_every
+            if t.gp_weight > 0:
+                with t.autocast():
+                    gp = ops.gradient_penalty(self.critic(t, cond), real.detach(), fake.detach(),
+                                              weight=t.gp_weight)
+                gp = acc(gp)
+                total = total + gp
+            t.update("d", total)
+
+        with t.frozen("discriminator"):  # no weight gradients for D (under DDP: no all-reduce)
+            with t.autocast():
+                fl = self.discriminate(t, fake, fcond)
+                rl = None
+                if kind == "rals":  # the real logits of the updated D too, like the fake ones
+                    with torch.no_grad():
+                        rl = self.discriminate(t, real.detach(), cond)
+            lg = ops.g_loss(acc(fl), kind, real_logits=None if rl is None else acc(rl))
+            t.update("g", lg)
+        return {"d_loss": ld, "g_loss": lg, "d_real": st["d_real"], "d_fake": st["d_fake"], "r1": r1, "gp": gp}
