@@ -36,6 +36,9 @@ def _cmd_selftest(args) -> int:
                          dtypes=args.dtype.split(",") if args.dtype else None)
 
 
+CONDITIONAL = ("cmlp",)  # models trained with fastgan.objectives.Conditional
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
@@ -89,6 +92,12 @@ def _cmd_train(args) -> int:
     except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
         raise CLIError(f"--data: {e}") from None
     model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
+    classes = None
+    if model in CONDITIONAL:
+        if ds.y is None or ds.num_classes is None or ds.num_classes < 2:
+            raise CLIError(f"--model {model} is class-conditional and needs labelled data (digits, ring8, grid25, "
+                           f"labelled arrays or class folders); --data {args.data} has no labels")
+        classes = ds.num_classes
     torch.manual_seed(args.seed)  # the initial weights follow --seed too
     if model == "dcgan":
         if ds.kind != "image":
@@ -103,12 +112,20 @@ def _cmd_train(args) -> int:
         D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
     else:
         if ds.kind != "points":
-            raise CLIError(f"--model mlp needs 2-D points (ring8, grid25, an (N, D) array); --data {args.data} "
+            raise CLIError(f"--model {model} needs 2-D points (ring8, grid25, an (N, D) array); --data {args.data} "
                            "holds images (use --model dcgan)")
         z_dim = args.z_dim or 2
         width = args.width or 128
-        G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
-        D = models.MLPDiscriminator(ds.x.shape[1], width)
+        if model == "cmlp":
+            G = models.ConditionalMLPGenerator(z_dim, ds.x.shape[1], classes, width)
+            D = models.ProjectionMLPDiscriminator(ds.x.shape[1], classes, width)
+        else:
+            G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
+            D = models.MLPDiscriminator(ds.x.shape[1], width)
+    objective = None
+    if model in CONDITIONAL:
+        from fastgan.objectives import Conditional
+        objective = Conditional(classes)
     steps = args.steps if args.steps is not None else (2000 if model == "dcgan" else 3000)
     r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if model == "dcgan" or args.gp_weight else 0.1)
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if model == "dcgan" else 0.0)
@@ -120,7 +137,7 @@ def _cmd_train(args) -> int:
         tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr, lr_d=lr,
                         r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
                         ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
-                        compile=args.compile)
+                        compile=args.compile, objective=objective)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
     main = tr.is_main
@@ -201,14 +218,24 @@ def _cmd_sample(args) -> int:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, ck["config"]["z_dim"], generator=g)
+    classes = getattr(G, "num_classes", None)
+    if args.klass is not None and classes is None:
+        raise CLIError(f"--class: {path} holds an unconditional model ({meta['kind']}); drop --class")
+    if args.klass is not None and not 0 <= args.klass < classes:
+        raise CLIError(f"--class must be in [0, {classes}) for this model, got {args.klass}")
+    inputs = [z]
+    if classes is not None:  # one class, or every class in turn
+        y = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
+        inputs.append(y)
     with torch.no_grad():
-        x = torch.cat([G(z[i:i + 500]) for i in range(0, args.n, 500)])
+        x = torch.cat([G(*(t[i:i + 500] for t in inputs)) for i in range(0, args.n, 500)])
     d = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(d, exist_ok=True)
     save_samples(x, args.out, title=f"{os.path.basename(path)}")
     if args.save_tensor:
         torch.save(x, args.save_tensor)
-    print(f"fastgan: {args.n} samples from {path} (step {ck['step']}) -> {args.out}")
+    which = f" of class {args.klass}" if args.klass is not None else ""
+    print(f"fastgan: {args.n} samples{which} from {path} (step {ck['step']}) -> {args.out}")
     return 0
 
 
@@ -245,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
     pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
                     "CIFAR batches, .npy/.npz) (default: digits)")
-    pt.add_argument("--model", choices=("dcgan", "mlp"), default=None,
-                    help="dcgan for images, mlp for 2-D points (default: from the data)")
+    pt.add_argument("--model", choices=("dcgan", "mlp", "cmlp"), default=None,
+                    help="dcgan for images, mlp for 2-D points, cmlp: class-conditional mlp (the mode as label) "
+                    "(default: from the data)")
     pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
     pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
@@ -279,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
     ps.add_argument("--out", default="samples.png", help="the PNG to write")
     ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--class", dest="klass", type=int, default=None,
+                    help="conditional models: samples of this class only (default: the classes in turn)")
     ps.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
     ps.add_argument("--save-tensor", default=None, help="also torch.save the samples to this file")
     return p

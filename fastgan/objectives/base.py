@@ -40,6 +40,9 @@ class Objective:
     def bind(self, trainer) -> None:
         """Check the trainer's networks and settings once they are built (raise ValueError)."""
 
+    def check_data(self, data) -> None:
+        """Check the training data once, when fit starts (raise ValueError naming 'data')."""
+
     def step(self, t, batches) -> dict:
         """One training step: the updates of every player. Returns {name: 0-dim tensor} for each
         of `stats` (not synchronised: the trainer averages them at each log)."""
@@ -56,6 +59,10 @@ class Objective:
     def generate(self, generator: nn.Module, z, y=None):
         """Samples from `generator` for latent z (and labels y, for conditional objectives)."""
         return generator(z)
+
+    def sample_labels(self, n: int):
+        """Labels for n evaluation/grid samples (conditional objectives: the classes in turn), or None."""
+        return None
 
     def config(self) -> dict:
         """Settings recorded in the trainer's config (and checkpoints) beside the trainer's own."""

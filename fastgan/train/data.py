@@ -15,6 +15,24 @@ def _first(item):
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
+def _labels(y, device):
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1:
+        raise TypeError(f"GANTrainer.fit: argument 'data' yields labels of dtype {y.dtype} and shape "
+                        f"{tuple(y.shape)}; expected one integer class per sample")
+    return y.to(device, dtype=torch.long, non_blocking=True)
+
+
+def _item_label(item):
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise ValueError(_NO_LABELS)
+    return item[1]
+
+
+_NO_LABELS = ("GANTrainer.fit: this objective needs labelled data, but argument 'data' does not yield "
+              "(x, label) pairs: pass a labelled dataset (e.g. fastgan.data.load_dataset('digits'))")
+
+
 def _prep(x, device, channels_last):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"GANTrainer.fit: argument 'data' yields {type(x).__name__}, expected tensors "
@@ -31,11 +49,12 @@ def _prep(x, device, channels_last):
 class IndexBatches:
     """Batches of `source` (a tensor, or a Dataset indexed item by item) in shuffled epochs."""
 
-    def __init__(self, source, n, batch_size, *, device, channels_last, seed, rank, world):
+    def __init__(self, source, n, batch_size, *, device, channels_last, seed, rank, world, labels=None):
         if n < batch_size * world:
             raise ValueError(f"GANTrainer.fit: argument 'batch_size' ({batch_size}"
                              f"{f' x {world} processes' if world > 1 else ''}) exceeds the {n} samples of 'data'")
         self.source, self.n, self.bs = source, n, batch_size
+        self.labels = labels  # None, a label tensor beside a tensor source, or True: from the items
         self.device, self.cl, self.rank, self.world = device, channels_last, rank, world
         self.gen = torch.Generator().manual_seed(seed)
         self.perm, self.pos, self.epoch = None, 0, 0
@@ -51,11 +70,18 @@ class IndexBatches:
             self.epoch += 1
         idx = self.perm[self.pos:self.pos + g][self.rank::self.world]
         self.pos += g
+        y = None
         if isinstance(self.source, torch.Tensor):
             x = self.source[idx.to(self.source.device)]
+            if self.labels is not None:
+                y = self.labels[idx.to(self.labels.device)]
         else:
-            x = torch.stack([_first(self.source[int(i)]) for i in idx])
-        return _prep(x, self.device, self.cl)
+            items = [self.source[int(i)] for i in idx]
+            x = torch.stack([_first(it) for it in items])
+            if self.labels is not None:
+                y = torch.as_tensor([int(_item_label(it)) for it in items])
+        x = _prep(x, self.device, self.cl)
+        return x if self.labels is None else (x, _labels(y, self.device))
 
     def state_dict(self):
         return {"kind": "index", "gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos,
@@ -76,8 +102,8 @@ class LoaderBatches:
     when its first batch is fetched (a RandomSampler's seed): each epoch therefore opens with
     both at once, after recording the RNG state that a resumed run replays."""
 
-    def __init__(self, loader: DataLoader, *, device, channels_last):
-        self.loader, self.device, self.cl = loader, device, channels_last
+    def __init__(self, loader: DataLoader, *, device, channels_last, labels=False):
+        self.loader, self.device, self.cl, self.labels = loader, device, channels_last, labels
         self.it, self.first, self.consumed, self.epoch, self.start = None, None, 0, 0, None
 
     def _open(self):
@@ -112,7 +138,8 @@ class LoaderBatches:
                 self._new_epoch()
                 b, self.first = self.first, None
         self.consumed += 1
-        return _prep(_first(b), self.device, self.cl)
+        x = _prep(_first(b), self.device, self.cl)
+        return (x, _labels(_item_label(b), self.device)) if self.labels else x
 
     def state_dict(self):
         return {"kind": "loader", "epoch": self.epoch, "consumed": self.consumed, "start": self.start}
@@ -146,32 +173,48 @@ def _preload(t: torch.Tensor, device: torch.device) -> bool:
     return device.type == "cuda" and t.device.type == "cpu" and t.numel() * t.element_size() < 2 ** 31
 
 
-def make_batches(data, batch_size, *, device, channels_last=False, seed=0, rank=0, world=1, state=None):
-    """The batch stream for GANTrainer.fit; `state` is a previous stream's state_dict()."""
+def make_batches(data, batch_size, *, device, channels_last=False, seed=0, rank=0, world=1, state=None,
+                 labels=False):
+    """The batch stream for GANTrainer.fit; `state` is a previous stream's state_dict().
+    labels: yield (x, y) pairs (y: int64 class per sample) instead of x."""
     if isinstance(data, DataLoader):
         if world > 1 and not isinstance(data.sampler, torch.utils.data.distributed.DistributedSampler):
             raise ValueError("GANTrainer.fit: under torchrun a DataLoader 'data' needs a DistributedSampler "
                              "(or pass the Dataset / tensor and the trainer shards it)")
-        b = LoaderBatches(data, device=device, channels_last=channels_last)
+        b = LoaderBatches(data, device=device, channels_last=channels_last, labels=labels)
     elif isinstance(data, torch.Tensor):
         if data.dim() < 2 or data.shape[0] == 0:
             raise ValueError(f"GANTrainer.fit: argument 'data' must be a tensor of samples (N, ...), got shape "
                              f"{tuple(data.shape)}")
+        if labels:
+            raise ValueError(_NO_LABELS)
         src = data.to(device) if _preload(data, device) else data
         b = IndexBatches(src, data.shape[0], batch_size, device=device, channels_last=channels_last, seed=seed,
                          rank=rank, world=world)
     elif isinstance(data, Dataset):
         x = getattr(data, "x", None)
         src = x if isinstance(x, torch.Tensor) and len(data) == x.shape[0] else data
-        if src is data and hasattr(data, "tensors") and isinstance(data.tensors[0], torch.Tensor):
-            src = data.tensors[0]  # TensorDataset
-        if isinstance(src, torch.Tensor) and _preload(src, device):
-            src = src.to(device)
+        ys = getattr(data, "y", None) if src is x else None
+        tensors = getattr(data, "tensors", None)
+        if src is data and tensors and isinstance(tensors[0], torch.Tensor):
+            src = tensors[0]  # TensorDataset
+            ys = tensors[1] if len(tensors) > 1 else None
         n = len(data)
         if n == 0:
             raise ValueError("GANTrainer.fit: argument 'data' is an empty Dataset")
+        lab = None
+        if labels:
+            if not isinstance(src, torch.Tensor):
+                lab = True  # read from the items
+            elif isinstance(ys, torch.Tensor) and ys.shape[:1] == (n,):
+                lab = ys
+            else:
+                raise ValueError(_NO_LABELS)
+        if isinstance(src, torch.Tensor) and _preload(src, device):
+            src = src.to(device)
+            lab = lab.to(device) if isinstance(lab, torch.Tensor) else lab
         b = IndexBatches(src, n, batch_size, device=device, channels_last=channels_last, seed=seed, rank=rank,
-                         world=world)
+                         world=world, labels=lab)
     else:
         raise TypeError(f"GANTrainer.fit: argument 'data' must be a tensor, a Dataset or a DataLoader, "
                         f"got {type(data).__name__}")

@@ -11,12 +11,14 @@ from torch import nn
 
 
 def mixture_metrics(samples: torch.Tensor, modes: torch.Tensor, std: float, *, threshold: float = 3.0,
-                    min_count: int = 20) -> dict:
+                    min_count: int = 20, labels=None) -> dict:
     """Mode coverage of 2-D samples against a Gaussian mixture (VEEGAN/PacGAN protocol).
 
     A sample is high quality if it lies within `threshold` std of its nearest mode; a mode is
     covered when at least `min_count` high-quality samples are nearest to it.
-    Returns {"modes": covered count, "modes_total": K, "high_quality": percent of samples}.
+    Returns {"modes": covered count, "modes_total": K, "high_quality": percent of samples}, and with
+    `labels` (the mode each sample was asked for, conditional models) "class_accuracy": the percent
+    of samples that are high quality at the asked-for mode.
     """
     x = samples.detach().double().cpu()
     m = modes.double().cpu()
@@ -24,8 +26,12 @@ def mixture_metrics(samples: torch.Tensor, modes: torch.Tensor, std: float, *, t
     dist, k = d.min(1)
     good = dist <= threshold * std
     counts = torch.bincount(k[good], minlength=m.shape[0])
-    return {"modes": int((counts >= min_count).sum()), "modes_total": int(m.shape[0]),
-            "high_quality": 100.0 * float(good.double().mean()) if len(x) else 0.0}
+    out = {"modes": int((counts >= min_count).sum()), "modes_total": int(m.shape[0]),
+           "high_quality": 100.0 * float(good.double().mean()) if len(x) else 0.0}
+    if labels is not None:
+        hit = good & (k == torch.as_tensor(labels).cpu())
+        out["class_accuracy"] = 100.0 * float(hit.double().mean()) if len(x) else 0.0
+    return out
 
 
 def frechet_distance(mu1, s1, mu2, s2) -> float:
@@ -126,21 +132,30 @@ class ImageEvaluator:
         self.mu, self.sigma = f.mean(0), np.cov(f, rowvar=False)
         self.accuracy = float((pred == y.cpu()[::step]).double().mean())
 
-    def __call__(self, fake: torch.Tensor) -> dict:
+    def __call__(self, fake: torch.Tensor, labels=None) -> dict:
         """{"fd": Fréchet distance, "classes": classes covered}; a class is covered when it gets at
-        least 10% of its fair share (n / num_classes) of the samples' predicted labels."""
+        least 10% of its fair share (n / num_classes) of the samples' predicted labels. With `labels`
+        (the class each sample was asked for): "class_accuracy", the percent classified as asked,
+        and "per_class", that percent for each class."""
         f, pred = _features(self.net, fake.detach().cpu())
         fd = frechet_distance(f.mean(0), np.cov(f, rowvar=False), self.mu, self.sigma)
         counts = torch.bincount(pred, minlength=self.num_classes)
         covered = int((counts >= 0.1 * len(pred) / self.num_classes).sum())
-        return {"fd": fd, "classes": covered, "classes_total": self.num_classes}
+        out = {"fd": fd, "classes": covered, "classes_total": self.num_classes}
+        if labels is not None:
+            y = torch.as_tensor(labels).cpu()
+            hit = (pred == y).double()
+            out["class_accuracy"] = 100.0 * float(hit.mean())
+            out["per_class"] = [100.0 * float(hit[y == k].mean()) if bool((y == k).any()) else None
+                                for k in range(self.num_classes)]
+        return out
 
 
 def evaluator_for(dataset):
     """The metric function for a fastgan.data.GANDataset (None when none applies)."""
     modes = getattr(dataset, "modes", None)
     if modes is not None:
-        return lambda fake: mixture_metrics(fake, modes, dataset.mode_std)
+        return lambda fake, labels=None: mixture_metrics(fake, modes, dataset.mode_std, labels=labels)
     y = getattr(dataset, "y", None)
     if getattr(dataset, "kind", None) == "image" and y is not None and int(y.max()) >= 1:
         return ImageEvaluator(dataset.x, y)

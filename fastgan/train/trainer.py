@@ -316,8 +316,10 @@ class GANTrainer:
             with torch.random.fork_rng(devices=[]):  # building it must not move the training RNGs
                 evaluator = evaluator_for(data)
         self._modes = getattr(data, "modes", None)
+        self.objective.check_data(data)
         batches = make_batches(data, batch_size, device=self.device, channels_last=self.channels_last,
-                               seed=self.seed, rank=self.rank, world=self.world, state=self._data_state)
+                               seed=self.seed, rank=self.rank, world=self.world, state=self._data_state,
+                               labels=self.objective.labels)
         self._batches = batches
         bar = lines = None
         if progress and self.is_main and self.step < steps:
@@ -399,16 +401,17 @@ class GANTrainer:
             return
         from .report import plot_curves, save_samples
         z = self.fixed_z
-        fake = self.sample(len(z), z=z)
+        fake = self.sample(len(z), z=z, y=self.objective.sample_labels(len(z)))
         save_samples(fake, os.path.join(out_dir, "samples.png"), self._modes, title=f"step {self.step}")
         if evaluator is not None:
             n = 2500 if fake.dim() == 2 else 1000
             g = torch.Generator(device="cpu").manual_seed(self.seed + 7)
-            many = self.sample(n, z=torch.randn(n, self.z_dim, generator=g))
+            y = self.objective.sample_labels(n)  # conditional: every class equally, and scored per class
+            many = self.sample(n, z=torch.randn(n, self.z_dim, generator=g), y=y)
             if fake.dim() == 2:
                 save_samples(many, os.path.join(out_dir, "samples.png"), self._modes,
                              title=f"step {self.step}")
-            res = evaluator(many)
+            res = evaluator(many) if y is None else evaluator(many, labels=y)
             self._record({"step": self.step, "eval": res})
         plot_curves(self.history, os.path.join(out_dir, "curves.png"))
 
