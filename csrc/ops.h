@@ -9,6 +9,7 @@ namespace fastgan {
 inline const char* const kOps[] = {
     "bias_act", "bias_act_backward", "bias_act_",
     "batch_norm_act", "batch_norm_act_backward", "batch_norm_act_update_stats_",
+    "class_batch_norm_act", "class_batch_norm_act_backward",
     "conv_transpose2d_act",
     "gan_d_loss", "gan_g_loss", "gan_loss_backward", "grad_penalty", "grad_penalty_backward",
 };
@@ -47,6 +48,16 @@ inline void define_ops(torch::Library& m) {
   // 1 / num_batches_tracked (read on the device) when momentum is None. count 0: no change.
   m.def("batch_norm_act_update_stats_(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean,"
         " Tensor var, Tensor? num_batches_tracked, float? momentum, SymInt count) -> ()");
+  // ---- class_batch_norm_act: class-conditional BatchNorm + act (conditional GANs) -----------------
+  // Batch statistics per channel, affine per (class, channel): out = act(w[y] * xhat + b[y]) with
+  // weight, bias (K, C) and y (N,) int64 in [0, K). Returns (out, mean, var) as batch_norm_act; the
+  // running-stat update is batch_norm_act_update_stats_. The backward keeps x.
+  m.def("class_batch_norm_act(Tensor x, Tensor y, Tensor weight, Tensor bias, Tensor? running_mean,"
+        " Tensor? running_var, bool training, float eps, str act, float alpha) -> (Tensor, Tensor, Tensor)");
+  // Returns (grad_x, grad_weight (K, C), grad_bias (K, C)).
+  m.def("class_batch_norm_act_backward(Tensor grad, Tensor x, Tensor y, Tensor mean, Tensor var, Tensor weight,"
+        " Tensor bias, Tensor? grad_mean, Tensor? grad_var, bool training, float eps, str act, float alpha)"
+        " -> (Tensor, Tensor, Tensor)");
   // ---- conv_transpose: y = clamp(act(conv_transpose2d(x, weight) + bias) * gain, -clamp, clamp) -
   // Returns (y, ref): ref is what bias_act_backward reads (csrc/conv_transpose/conv_transpose.h):
   // the uint8 mask (relu/lrelu/clamped linear), the pre-activation without bias (softplus/swish/

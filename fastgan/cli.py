@@ -36,7 +36,7 @@ def _cmd_selftest(args) -> int:
                          dtypes=args.dtype.split(",") if args.dtype else None)
 
 
-CONDITIONAL = ("cmlp",)  # models trained with fastgan.objectives.Conditional
+CONDITIONAL = ("cmlp", "cdcgan")  # models trained with fastgan.objectives.Conditional
 
 
 class CLIError(Exception):
@@ -99,17 +99,22 @@ def _cmd_train(args) -> int:
                            f"labelled arrays or class folders); --data {args.data} has no labels")
         classes = ds.num_classes
     torch.manual_seed(args.seed)  # the initial weights follow --seed too
-    if model == "dcgan":
+    image = model in ("dcgan", "cdcgan")
+    if image:
         if ds.kind != "image":
-            raise CLIError(f"--model dcgan needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "
+            raise CLIError(f"--model {model} needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "
                            "(use --model mlp)")
         size = _pick_size(ds.x.shape[-1], args.image_size)
         if ds.x.shape[-1] != size:
             ds.x = fdata.datasets._resize(ds.x, size)
         z_dim = args.z_dim or 100
         width = args.width or (32 if size <= 32 else 64)
-        G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
-        D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
+        if model == "cdcgan":
+            G = models.ConditionalDCGANGenerator(z_dim, ds.x.shape[1], size, width, classes)
+            D = models.ProjectionDCGANDiscriminator(ds.x.shape[1], size, width, classes)
+        else:
+            G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
+            D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
     else:
         if ds.kind != "points":
             raise CLIError(f"--model {model} needs 2-D points (ring8, grid25, an (N, D) array); --data {args.data} "
@@ -126,12 +131,12 @@ def _cmd_train(args) -> int:
     if model in CONDITIONAL:
         from fastgan.objectives import Conditional
         objective = Conditional(classes)
-    steps = args.steps if args.steps is not None else (2000 if model == "dcgan" else 3000)
-    r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if model == "dcgan" or args.gp_weight else 0.1)
-    ema = args.ema_decay if args.ema_decay is not None else (0.99 if model == "dcgan" else 0.0)
+    steps = args.steps if args.steps is not None else (2000 if image else 3000)
+    r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if image or args.gp_weight else 0.1)
+    ema = args.ema_decay if args.ema_decay is not None else (0.99 if image else 0.0)
     ema = ema or None
-    lr = args.lr or (2e-4 if model == "dcgan" else 1e-3)
-    batch = args.batch_size or (64 if model == "dcgan" else 100)
+    lr = args.lr or (2e-4 if image else 1e-3)
+    batch = args.batch_size or (64 if image else 100)
     out = args.out or _default_out(args.data, model, args.resume)
     try:
         tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr, lr_d=lr,
@@ -272,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
     pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
                     "CIFAR batches, .npy/.npz) (default: digits)")
-    pt.add_argument("--model", choices=("dcgan", "mlp", "cmlp"), default=None,
-                    help="dcgan for images, mlp for 2-D points, cmlp: class-conditional mlp (the mode as label) "
-                    "(default: from the data)")
+    pt.add_argument("--model", choices=("dcgan", "cdcgan", "mlp", "cmlp"), default=None,
+                    help="dcgan for images, mlp for 2-D points; cdcgan / cmlp: their class-conditional versions "
+                    "(the digit / the mode as label) (default: dcgan or mlp, from the data)")
     pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
     pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")

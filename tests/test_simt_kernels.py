@@ -234,6 +234,71 @@ def test_batch_norm_act(case, training, dtype):
             torch.testing.assert_close(rv2.double(), rvr, atol=1e-5 if dtype != F64 else 1e-12, rtol=1e-4)
 
 
+CBN_SHAPES = {  # class_batch_norm_act: a block per (sample, channel) in the backward's sums
+    "NCHW, vectors (S % VEC == 0)": ((5, 3, 4, 4), False),
+    "NCHW, per element (S = 9)": ((4, 5, 3, 3), False),
+    "channels_last, C = 8 (vectors of consecutive channels)": ((3, 8, 3, 3), True),
+    "channels_last, C = 5": ((4, 5, 2, 3), True),
+    "one channel": ((6, 1, 3, 3), False),
+    "1x1 maps": ((9, 4, 1, 1), False),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", sorted(CBN_SHAPES))
+def test_class_batch_norm_act(case, training, dtype):
+    shape, cl = CBN_SHAPES[case]
+    N, C, K = shape[0], shape[1], 4
+    x = (torch.randn(shape, dtype=F64) * 2 + 0.5).to(dtype)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    acc = F64 if dtype == F64 else torch.float32
+    y = torch.arange(N) % K
+    w, b = torch.rand(K, C, dtype=acc) + 0.5, torch.randn(K, C, dtype=acc)
+    rm, rv = torch.randn(C, dtype=acc), torch.rand(C, dtype=acc) + 0.5
+    g = torch.randn(shape, dtype=F64).to(dtype)
+    gm, gv = torch.randn(C, dtype=acc), torch.randn(C, dtype=acc)
+    for offset in (False, True):
+        xx, gg = (misaligned(x), misaligned(g)) if offset else (x, g)
+
+        def run():
+            out, mean, var = S.class_batch_norm_act(xx, y, w, b, rm, rv, training, 1e-5, "lrelu", 0.2)
+            gx, gw, gb = S.class_batch_norm_act_backward(gg, xx, y, mean, var, w, b, gm, gv, training, 1e-5,
+                                                         "lrelu", 0.2)
+            return out, mean, var, gx, gw, gb
+
+        outs = simt.schedules(run)
+        same_bits(outs)
+        out, mean, var, gx, gw, gb = outs[0]
+        xr = x.double().requires_grad_()
+        wr, br = w.double().requires_grad_(), b.double().requires_grad_()
+        outr = R.class_batch_norm_act(xr, y, wr, br, rm.double().clone(), rv.double().clone(), training=training,
+                                      act="lrelu", alpha=0.2)
+        grads = torch.autograd.grad(outr, (xr, wr, br), g.double())
+        if training:  # the gradients reaching the mean/var outputs (double backward) add gm/M + 2 gv u/M
+            M = x.numel() // C
+            u = x.double() - mean.double().reshape(1, C, 1, 1)
+            grads = (grads[0] + (gm.double().reshape(1, C, 1, 1) + 2 * gv.double().reshape(1, C, 1, 1) * u) / M,
+                     ) + grads[1:]
+        tol = TOL[dtype]
+        scale = dict(atol=tol["atol"] * 10, rtol=tol["rtol"] * 10)
+        torch.testing.assert_close(out.double(), outr, **scale)
+        torch.testing.assert_close(gx.double(), grads[0], **scale)
+        n = x.numel() // C
+        torch.testing.assert_close(gw.double(), grads[1], atol=tol["atol"] * n, rtol=tol["rtol"] * 10)
+        torch.testing.assert_close(gb.double(), grads[2], atol=tol["atol"] * n, rtol=tol["rtol"] * 10)
+
+
+def test_class_batch_norm_act_label_out_of_range():
+    """Labels on the host are checked by the launcher, naming 'y' (on a GPU the coefficient kernel
+    traps instead: reading them would cost a device sync)."""
+    x = torch.randn(2, 3, 2, 2)
+    w, b = torch.ones(2, 3), torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match=r"y.*class labels in \[0, 2\)"):
+        S.class_batch_norm_act(x, torch.tensor([0, 5]), w, b, None, None, True, 1e-5, "relu", 0.0)
+
+
 def test_batch_norm_act_momentum_none_reads_counter_on_device():
     C = 3
     rm, rv = torch.zeros(C), torch.ones(C)

@@ -17,6 +17,15 @@
 // Both are written as  u = ref-dependent centred value, xhat = u * ku  (Ref::X: u = x - mean,
 // ku = r; Ref::Y: u = z - b, ku = 1 / w), so the elementwise backward is dx = A g + B u + C with
 // per-channel A, B, C.
+// Class-conditional (class_batch_norm_act): the statistics are per channel as above, the affine
+// parameters per (class, channel), gathered for each sample n by its label y[n]:
+//   z = x * scale[n,c] + shift[n,c],  scale = w[y_n,c] r, shift = b[y_n,c] - mean scale.
+// The kernels take per-(sample, channel) coefficient tables (the same elementwise kernels, a table
+// index (i / E) * C + c with E = C*H*W, the elements of one sample). The backward keeps x (Ref::X)
+// and sums per (n, c): sg = sum g, sgu = sum g u (g = dy * act'(z), u = x - mean), then per channel
+//   Swg = sum_n w[y_n] sg,  Swgu = sum_n w[y_n] sgu,
+//   dx = A[n,c] g + B u + C,  A = w[y_n] r,  B = -r^3 Swgu / M + 2 gv / M,  C = -r Swg / M + gm / M
+// (training; eval: B = C = 0), dw[k,c] = r sum_{n: y_n = k} sgu, db[k,c] = sum_{n: y_n = k} sg.
 #pragma once
 #include <cmath>
 #include <string>
@@ -177,6 +186,34 @@ FASTGAN_HD void update_running(double& rm, double& rv, double mean, double var, 
   double unbiased = count > 1 ? var * count / (count - 1) : var;
   rm = factor * mean + (1 - factor) * rm;
   rv = factor * unbiased + (1 - factor) * rv;
+}
+
+// Class-conditional backward, per channel c: the coefficients of dx = A[n] g + B u + C and the
+// per-class gradients, from the per-(n, c) sums sg, sgu (stride C between samples) and labels y.
+// Writes A into a[n * C] (n = 0..N-1), B and C into b_out/c_out (per channel, not per sample), and
+// adds into dw/db (double, stride C between classes; zeroed by the caller), in the order of n.
+template <class Tw, class Ts, class Ta, class Y>
+FASTGAN_HD void class_bwd_channel(int64_t c, int64_t N, int64_t C, const Y* y, const Ts* sums, bool training,
+                                  double M, double var, const Tw* w, double gm, double gv, double eps, Ta* a,
+                                  double& b_out, double& c_out, double* dw, double* db) {
+  const double r = 1.0 / sqrt(var + eps);
+  double swg = 0, swgu = 0;
+  for (int64_t n = 0; n < N; n++) {
+    const int64_t k = int64_t(y[n]);
+    const double wn = double(w[k * C + c]);
+    const double sg = double(sums[(n * C + c) * 2]), sgu = double(sums[(n * C + c) * 2 + 1]);
+    swg += wn * sg;
+    swgu += wn * sgu;
+    a[n * C] = Ta(wn * r);
+    dw[k * C] += r * sgu;
+    db[k * C] += sg;
+  }
+  if (training && M > 0) {
+    b_out = -r * r * r * swgu / M + 2.0 * gv / M;
+    c_out = -r * swg / M + gm / M;
+  } else {
+    b_out = c_out = 0;
+  }
 }
 
 }  // namespace batch_norm_act
@@ -352,6 +389,129 @@ void update_impl(at::Tensor& running_mean, at::Tensor& running_var, const at::Te
   if (count == 0 || C == 0) return;  // an empty batch leaves the statistics alone, as in PyTorch
   Kernels::update(running_mean, running_var, mean.contiguous(), var.contiguous(), nbt,
                   momentum.has_value() ? *momentum : 0.0, count);
+}
+
+// ---- class_batch_norm_act: host-side checks shared by CPU and CUDA -----------------------------
+// x dense with the samples outermost (NCHW or channels_last; anything else is copied to NCHW), so
+// that sample n owns elements [n E, (n + 1) E), E = C*H*W.
+inline at::Tensor sample_major(const at::Tensor& x) {
+  at::Tensor d = make_dense(x);
+  const int64_t E = d.numel() / std::max<int64_t>(d.size(0), 1);
+  if (d.size(0) > 1 && d.stride(0) != E) d = x.contiguous();
+  return d;
+}
+
+// Its [A][C][S] layout, with one channel seen as A = N runs of S = H*W (channel_layout would make
+// it one run over every sample).
+inline ChannelLayout sample_layout(const at::Tensor& d) {
+  ChannelLayout l = channel_layout(d, 1);
+  if (d.size(1) == 1 && d.numel() > 0) {
+    l.A = d.size(0);
+    l.S = d.numel() / l.A;
+  }
+  return l;
+}
+
+inline void check_class_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
+                               const at::Tensor& bias) {
+  check_x(x, "x");
+  check_same_device(y, x, "y", "x");
+  FASTGAN_CHECK_ARG(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == x.size(0), "y",
+                    "expected a 1-D int64 tensor of ", x.size(0), " class labels (one per sample), got a ",
+                    y.scalar_type(), " tensor of shape ", y.sizes());
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  for (auto [t, name] : {std::pair<const at::Tensor*, const char*>{&weight, "weight"}, {&bias, "bias"}}) {
+    check_same_device(*t, x, name, "x");
+    FASTGAN_CHECK_ARG(t->dim() == 2 && t->size(1) == x.size(1) && t->size(0) >= 1, name,
+                      "expected a 2-D tensor (num_classes, ", x.size(1), "), got shape ", t->sizes());
+    FASTGAN_CHECK_ARG(t->scalar_type() == x.scalar_type() || t->scalar_type() == acc, name, "expected dtype ",
+                      x.scalar_type(), " (the dtype of 'x') or ", acc, ", got ", t->scalar_type());
+  }
+  FASTGAN_CHECK_ARG(bias.size(0) == weight.size(0), "bias", "expected ", weight.size(0),
+                    " classes (the rows of 'weight'), got ", bias.size(0));
+}
+
+// Labels on the host only when they are already there (no device sync): a CUDA kernel checks them.
+inline void check_labels_cpu(const at::Tensor& y, int64_t K) {
+  if (!y.device().is_cpu() || y.numel() == 0) return;
+  const int64_t lo = y.min().item<int64_t>(), hi = y.max().item<int64_t>();
+  FASTGAN_CHECK_ARG(lo >= 0 && hi < K, "y", "expected class labels in [0, ", K, ") (the rows of 'weight'), got [",
+                    lo, ", ", hi, "]");
+}
+
+// Kernels supplies, beside forward/backward/update:
+//   class_forward(xd, layout, training, y, w, b, mean, var, eps, out, act, alpha)
+//   class_backward(g, xd, layout, y, mean, var, w, b, gm, gv, training, eps, act, alpha, gx, dw, db)
+//       dw, db: (K, C) float64, zeroed.
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> class_forward_impl(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, bool training,
+    double eps, const std::string& act, double alpha) {
+  check_class_inputs(x, y, weight, bias);
+  const Act a = parse_act(act);
+  check_channel_tensor(running_mean, x, "running_mean");
+  check_channel_tensor(running_var, x, "running_var");
+  FASTGAN_CHECK_ARG(std::isfinite(eps) && eps >= 0, "eps", "expected a finite number >= 0, got ", eps);
+  const bool has_rm = running_mean.has_value() && running_mean->defined();
+  const bool has_rv = running_var.has_value() && running_var->defined();
+  FASTGAN_CHECK_ARG(training || (has_rm && has_rv), has_rm ? "running_var" : "running_mean",
+                    "running_mean and running_var are required when training=False");
+  const int64_t C = x.size(1);
+  const int64_t M = C ? x.numel() / C : 0;
+  FASTGAN_CHECK_ARG(!training || x.numel() == 0 || M > 1, "x",
+                    "expected more than 1 value per channel when training, got input of shape ", x.sizes());
+  check_labels_cpu(y, weight.size(0));
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor mean = at::empty({C}, x.options().dtype(acc));
+  at::Tensor var = at::empty({C}, x.options().dtype(acc));
+  at::Tensor xd = sample_major(x);
+  at::Tensor out = at::empty_like(xd);
+  if (!training) {
+    mean.copy_(*running_mean);
+    var.copy_(*running_var);
+  } else if (x.numel() == 0) {
+    mean.zero_();
+    var.zero_();
+  }
+  if (x.numel() > 0) {
+    Kernels::class_forward(xd, sample_layout(xd), training, y.contiguous(), weight.to(acc).contiguous(),
+                           bias.to(acc).contiguous(), mean, var, eps, out, a, a == Act::Relu ? 0.0 : alpha);
+  }
+  return {out, mean, var};
+}
+
+template <class Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> class_backward_impl(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& var,
+    const at::Tensor& weight, const at::Tensor& bias, const c10::optional<at::Tensor>& grad_mean,
+    const c10::optional<at::Tensor>& grad_var, bool training, double eps, const std::string& act, double alpha) {
+  check_class_inputs(x, y, weight, bias);
+  check_floating(grad, "grad");
+  check_same_device(grad, x, "grad", "x");
+  check_same_dtype(grad, x, "grad", "x");
+  FASTGAN_CHECK_ARG(grad.sizes() == x.sizes(), "grad", "expected shape ", x.sizes(), " (the shape of 'x'), got ",
+                    grad.sizes());
+  const Act a = parse_act(act);
+  check_channel_tensor(mean, x, "mean", true);
+  check_channel_tensor(var, x, "var", true);
+  check_channel_tensor(grad_mean, x, "grad_mean", true);
+  check_channel_tensor(grad_var, x, "grad_var", true);
+  FASTGAN_CHECK_ARG(std::isfinite(eps) && eps >= 0, "eps", "expected a finite number >= 0, got ", eps);
+  check_labels_cpu(y, weight.size(0));
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor xd = sample_major(x);
+  at::Tensor g = match_strides(grad, xd);
+  at::Tensor gx = at::empty_like(xd);
+  at::Tensor dw = at::zeros(weight.sizes(), x.options().dtype(at::kDouble));
+  at::Tensor db = at::zeros(bias.sizes(), x.options().dtype(at::kDouble));
+  if (x.numel() > 0) {
+    Kernels::class_backward(g, xd, sample_layout(xd), y.contiguous(), mean.to(acc).contiguous(),
+                            var.to(acc).contiguous(), weight.to(acc).contiguous(), bias.to(acc).contiguous(),
+                            acc_vec(grad_mean, acc), acc_vec(grad_var, acc), training, eps, a,
+                            a == Act::Relu ? 0.0 : alpha, gx, dw, db);
+  }
+  return {gx, dw.to(weight.scalar_type()), db.to(bias.scalar_type())};
 }
 
 }  // namespace batch_norm_act

@@ -112,9 +112,10 @@ void stats_loop(const at::Tensor& x, const ChannelLayout& l, at::Tensor& mean_ou
 }
 
 // ---- forward elementwise: y = act(x * scale + shift) -----------------------------------------
+// E > 0: per-(sample, channel) tables, entry (m / E) * C + c (E = the elements of one sample).
 template <typename scalar_t, Act A>
 void apply_loop(const at::Tensor& x, const ChannelLayout& l, const std::vector<acc_t<scalar_t>>& scale,
-                const std::vector<acc_t<scalar_t>>& shift, at::Tensor& y, double alpha) {
+                const std::vector<acc_t<scalar_t>>& shift, at::Tensor& y, double alpha, int64_t E = 0) {
   using IO = cpu::VecIO<scalar_t>;
   using acc = typename IO::acc;
   using V = typename IO::V;
@@ -123,7 +124,8 @@ void apply_loop(const at::Tensor& x, const ChannelLayout& l, const std::vector<a
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const V valpha = V(acc(alpha));
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t cs) {
+    for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c0, int64_t cs) {
+      const int64_t c = E ? (m / E) * l.C + c0 : c0;  // the table entry
       const V sc0(scale[c]), sh0(shift[c]);
       for (int64_t i = 0; i < len; i += K) {
         const int n = int(std::min<int64_t>(K, len - i));
@@ -136,6 +138,46 @@ void apply_loop(const at::Tensor& x, const ChannelLayout& l, const std::vector<a
 }
 
 // ---- backward ----------------------------------------------------------------------------------
+// dx = A g + B u + C elementwise, from tables (per channel, or per (sample, channel) when E > 0).
+template <typename scalar_t, Act A, Ref R>
+void dx_loop(const at::Tensor& g, const at::Tensor& ref, const ChannelLayout& l, const std::vector<acc_t<scalar_t>>& c1,
+             const std::vector<acc_t<scalar_t>>& c2, const std::vector<acc_t<scalar_t>>& c3,
+             const std::vector<acc_t<scalar_t>>& ca, const std::vector<acc_t<scalar_t>>& cb,
+             const std::vector<acc_t<scalar_t>>& cc, double alpha, at::Tensor& gx, int64_t E) {
+  using IO = cpu::VecIO<scalar_t>;
+  using acc = typename IO::acc;
+  using V = typename IO::V;
+  constexpr int K = IO::K;
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  const scalar_t* rp = ref.const_data_ptr<scalar_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  const V valpha = V(acc(alpha)), vinv = V(acc(alpha != 0 ? 1.0 / alpha : 0.0));
+  at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c0, int64_t cs) {
+      const int64_t c = E ? (m / E) * l.C + c0 : c0;  // the table entry
+      const V a0(ca[c]), b0(cb[c]), cc0(cc[c]), v10(c1[c]), v20(c2[c]), v30(c3[c]);
+      for (int64_t i = 0; i < len; i += K) {
+        const int n = int(std::min<int64_t>(K, len - i));
+        V s, u;
+        if (cs) {
+          slope_and_u<A, R>(IO::load(rp + m + i, n), V::loadu(c1.data() + c + i), V::loadu(c2.data() + c + i),
+                            V::loadu(c3.data() + c + i), valpha, vinv, s, u);
+        } else {
+          slope_and_u<A, R>(IO::load(rp + m + i, n), v10, v20, v30, valpha, vinv, s, u);
+        }
+        const V gg = IO::load(gp + m + i, n) * s;
+        V d;
+        if (cs) {
+          d = fma_(V::loadu(ca.data() + c + i), gg, fma_(V::loadu(cb.data() + c + i), u, V::loadu(cc.data() + c + i)));
+        } else {
+          d = fma_(a0, gg, fma_(b0, u, cc0));
+        }
+        IO::store(gxp + m + i, d, n);
+      }
+    });
+  });
+}
+
 template <typename scalar_t, Act A, Ref R>
 void backward_loop(const at::Tensor& g, const at::Tensor& ref, const ChannelLayout& l,
                    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& w, const at::Tensor& b,
@@ -149,7 +191,6 @@ void backward_loop(const at::Tensor& g, const at::Tensor& ref, const ChannelLayo
   const double M = double(g.numel() / C);
   const scalar_t* gp = g.const_data_ptr<scalar_t>();
   const scalar_t* rp = ref.const_data_ptr<scalar_t>();
-  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
   const acc* meanp = mean.const_data_ptr<acc>();
   const acc* varp = var.const_data_ptr<acc>();
   const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
@@ -245,30 +286,99 @@ void backward_loop(const at::Tensor& g, const at::Tensor& ref, const ChannelLayo
     dwp[c] = acc(k.dw);
     dbp[c] = acc(k.db);
   }
-  // pass 2: dx = A g + B u + C
-  at::parallel_for(0, g.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for_each_run(l, begin, end, [&](int64_t m, int64_t len, int64_t c, int64_t cs) {
-      const V a0(ca[c]), b0(cb[c]), cc0(cc[c]), v10(c1[c]), v20(c2[c]), v30(c3[c]);
-      for (int64_t i = 0; i < len; i += K) {
-        const int n = int(std::min<int64_t>(K, len - i));
-        V s, u;
-        if (cs) {
-          slope_and_u<A, R>(IO::load(rp + m + i, n), V::loadu(c1.data() + c + i), V::loadu(c2.data() + c + i),
-                            V::loadu(c3.data() + c + i), valpha, vinv, s, u);
-        } else {
-          slope_and_u<A, R>(IO::load(rp + m + i, n), v10, v20, v30, valpha, vinv, s, u);
+  dx_loop<scalar_t, A, R>(g, ref, l, c1, c2, c3, ca, cb, cc, alpha, gx, 0);
+}
+
+// ---- class-conditional (per-(sample, channel) affine) ----------------------------------------
+// Per (n, c): sg = sum g, sgu = sum g u over the sample's H*W values of the channel (double).
+template <typename scalar_t, Act A>
+void class_sums_loop(const at::Tensor& g, const at::Tensor& x, const ChannelLayout& l, int64_t N,
+                     const std::vector<acc_t<scalar_t>>& c1, const std::vector<acc_t<scalar_t>>& c2,
+                     const std::vector<acc_t<scalar_t>>& c3, double alpha, std::vector<double>& sums) {
+  using IO = cpu::VecIO<scalar_t>;
+  using acc = typename IO::acc;
+  using V = typename IO::V;
+  constexpr int K = IO::K;
+  const int64_t C = l.C, S = l.S;
+  const scalar_t* gp = g.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const V valpha = V(acc(alpha)), vinv = V(acc(0));
+  if (S == 1) {  // channels_last: sample n is rows [n HW, (n + 1) HW) of C channels
+    const int64_t HW = l.A / N;
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<acc> fs(C + K, acc(0)), fu(C + K, acc(0));
+      for (int64_t n = n0; n < n1; n++) {
+        const int64_t t = n * C;
+        std::vector<double> ds(C, 0.0), du(C, 0.0);
+        auto flush = [&] {
+          for (int64_t c = 0; c < C; c++) {
+            ds[c] += fs[c];
+            du[c] += fu[c];
+            fs[c] = fu[c] = acc(0);
+          }
+        };
+        for (int64_t a = n * HW; a < (n + 1) * HW; a++) {
+          const int64_t off = a * C;
+          for (int64_t c = 0; c < C; c += K) {
+            const int k = int(std::min<int64_t>(K, C - c));
+            V s, u;
+            slope_and_u<A, Ref::X>(IO::load(xp + off + c, k), V::loadu(c1.data() + t + c), V::loadu(c2.data() + t + c),
+                                   V::loadu(c3.data() + t + c), valpha, vinv, s, u);
+            V gg = V::set(V(0), IO::load(gp + off + c, k) * s, k);
+            (V::loadu(fs.data() + c) + gg).store(fs.data() + c);
+            (V::loadu(fu.data() + c) + gg * u).store(fu.data() + c);
+          }
+          if ((a - n * HW) % 128 == 127) flush();
         }
-        const V gg = IO::load(gp + m + i, n) * s;
-        V d;
-        if (cs) {
-          d = fma_(V::loadu(ca.data() + c + i), gg, fma_(V::loadu(cb.data() + c + i), u, V::loadu(cc.data() + c + i)));
-        } else {
-          d = fma_(a0, gg, fma_(b0, u, cc0));
+        flush();
+        for (int64_t c = 0; c < C; c++) {
+          sums[(t + c) * 2] = ds[c];
+          sums[(t + c) * 2 + 1] = du[c];
         }
-        IO::store(gxp + m + i, d, n);
       }
     });
-  });
+  } else {  // a run of S = H*W values per (n, c): row r = n C + c is its table entry
+    at::parallel_for(0, l.A * C, std::max<int64_t>(1, kGrain / S), [&](int64_t r0, int64_t r1) {
+      alignas(64) acc buf[K];
+      for (int64_t r = r0; r < r1; r++) {
+        const int64_t off = r * S;
+        const V v1(c1[r]), v2(c2[r]), v3(c3[r]);
+        V as(0), au(0);
+        for (int64_t i = 0; i < S; i += K) {
+          const int k = int(std::min<int64_t>(K, S - i));
+          V s, u;
+          slope_and_u<A, Ref::X>(IO::load(xp + off + i, k), v1, v2, v3, valpha, vinv, s, u);
+          V gg = IO::load(gp + off + i, k) * s;
+          if (k < K) gg = V::set(V(0), gg, k);
+          as = as + gg;
+          au = au + gg * u;
+        }
+        double ts = 0, tu = 0;
+        as.store(buf);
+        for (int j = 0; j < K; j++) ts += buf[j];
+        au.store(buf);
+        for (int j = 0; j < K; j++) tu += buf[j];
+        sums[r * 2] = ts;
+        sums[r * 2 + 1] = tu;
+      }
+    });
+  }
+}
+
+// scale/shift per (n, c) (+ K spare entries for the vector loads past the end).
+template <typename acc>
+void class_tables(int64_t N, int64_t C, const int64_t* y, const acc* w, const acc* b, const acc* mean, const acc* var,
+                  double eps, int K, std::vector<acc>& scale, std::vector<acc>& shift) {
+  scale.assign(N * C + K, acc(0));
+  shift.assign(N * C + K, acc(0));
+  for (int64_t n = 0; n < N; n++) {
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t k = y[n] * C + c;
+      FwdCoef f = fwd_coef(double(mean[c]), double(var[c]), double(w[k]), double(b[k]), eps);
+      scale[n * C + c] = acc(f.scale);
+      shift[n * C + c] = acc(f.shift);
+    }
+  }
 }
 
 struct CpuKernels {
@@ -305,6 +415,60 @@ struct CpuKernels {
         } else if constexpr (kAct != Act::Relu) {
           backward_loop<scalar_t, kAct, Ref::Y>(g, ref, l, mean, var, w, b, gm, gv, training, eps, alpha, gx, dw, db);
         }
+      });
+    });
+  }
+
+  static void class_forward(const at::Tensor& x, const ChannelLayout& l, bool training, const at::Tensor& y,
+                            const at::Tensor& w, const at::Tensor& b, at::Tensor& mean, at::Tensor& var, double eps,
+                            at::Tensor& out, Act act, double alpha) {
+    FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "class_batch_norm_act_cpu", [&] {
+      if (training) stats_loop<scalar_t>(x, l, mean, var);
+      using acc = acc_t<scalar_t>;
+      constexpr int K = at::vec::Vectorized<acc>::size();
+      const int64_t N = x.size(0), C = l.C;
+      std::vector<acc> scale, shift;
+      class_tables<acc>(N, C, y.const_data_ptr<int64_t>(), w.const_data_ptr<acc>(), b.const_data_ptr<acc>(),
+                        mean.const_data_ptr<acc>(), var.const_data_ptr<acc>(), eps, K, scale, shift);
+      FASTGAN_BNA_DISPATCH_ACT(act, [&] { apply_loop<scalar_t, kAct>(x, l, scale, shift, out, alpha, x.numel() / N); });
+    });
+  }
+
+  static void class_backward(const at::Tensor& g, const at::Tensor& x, const ChannelLayout& l, const at::Tensor& y,
+                             const at::Tensor& mean, const at::Tensor& var, const at::Tensor& w, const at::Tensor& b,
+                             const at::Tensor& gm, const at::Tensor& gv, bool training, double eps, Act act,
+                             double alpha, at::Tensor& gx, at::Tensor& dw, at::Tensor& db) {
+    FASTGAN_DISPATCH_FLOATING(g.scalar_type(), "class_batch_norm_act_backward_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      constexpr int K = at::vec::Vectorized<acc>::size();
+      const int64_t N = x.size(0), C = l.C;
+      const double M = double(x.numel() / C);
+      const int64_t* yp = y.const_data_ptr<int64_t>();
+      const acc* mp = mean.const_data_ptr<acc>();
+      const acc* vp = var.const_data_ptr<acc>();
+      const acc* wp = w.const_data_ptr<acc>();
+      const acc* gmp = gm.defined() ? gm.const_data_ptr<acc>() : nullptr;
+      const acc* gvp = gv.defined() ? gv.const_data_ptr<acc>() : nullptr;
+      std::vector<acc> c1, c2;
+      class_tables<acc>(N, C, yp, wp, b.const_data_ptr<acc>(), mp, vp, eps, K, c1, c2);
+      std::vector<acc> c3(N * C + K, acc(0)), ca(N * C + K, acc(0)), cb(N * C + K, acc(0)), cc(N * C + K, acc(0));
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) c3[n * C + c] = mp[c];
+      std::vector<double> sums(size_t(N * C) * 2, 0.0);
+      FASTGAN_BNA_DISPATCH_ACT(act, [&] { class_sums_loop<scalar_t, kAct>(g, x, l, N, c1, c2, c3, alpha, sums); });
+      double* dwp = dw.mutable_data_ptr<double>();
+      double* dbp = db.mutable_data_ptr<double>();
+      for (int64_t c = 0; c < C; c++) {
+        double B, Cc;
+        class_bwd_channel(c, N, C, yp, sums.data(), training, M, double(vp[c]), wp, gmp ? double(gmp[c]) : 0.0,
+                          gvp ? double(gvp[c]) : 0.0, eps, ca.data() + c, B, Cc, dwp + c, dbp + c);
+        for (int64_t n = 0; n < N; n++) {
+          cb[n * C + c] = acc(B);
+          cc[n * C + c] = acc(Cc);
+        }
+      }
+      FASTGAN_BNA_DISPATCH_ACT(act, [&] {
+        dx_loop<scalar_t, kAct, Ref::X>(g, x, l, c1, c2, c3, ca, cb, cc, alpha, gx, x.numel() / N);
       });
     });
   }
@@ -351,12 +515,30 @@ void bna_update_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at:
   update_impl<CpuKernels>(running_mean, running_var, mean, var, num_batches_tracked, momentum, count);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cbna_cpu(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, bool training,
+    double eps, c10::string_view act, double alpha) {
+  return class_forward_impl<CpuKernels>(x, y, weight, bias, running_mean, running_var, training, eps,
+                                        std::string(act), alpha);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cbna_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& var,
+    const at::Tensor& weight, const at::Tensor& bias, const c10::optional<at::Tensor>& grad_mean,
+    const c10::optional<at::Tensor>& grad_var, bool training, double eps, c10::string_view act, double alpha) {
+  return class_backward_impl<CpuKernels>(grad, x, y, mean, var, weight, bias, grad_mean, grad_var, training, eps,
+                                         std::string(act), alpha);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("batch_norm_act", &bna_cpu);
   m.impl("batch_norm_act_backward", &bna_backward_cpu);
   m.impl("batch_norm_act_update_stats_", &bna_update_cpu);
+  m.impl("class_batch_norm_act", &cbna_cpu);
+  m.impl("class_batch_norm_act_backward", &cbna_backward_cpu);
 }
 
 }  // namespace batch_norm_act

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include "batch_norm_act/batch_norm_act.h"
+#include "common/block_reduce.cuh"
 
 namespace fastgan {
 namespace batch_norm_act {
@@ -172,9 +173,13 @@ struct alignas(sizeof(T) * N) Pack {
 
 // Calls f(i, c) for every element i (channel c), VEC consecutive elements per step; VEC > 1 only
 // when those share a channel (S % VEC == 0) or are consecutive channels (S == 1, C % VEC == 0).
+// E > 0 (class_batch_norm_act): coefficient tables per (sample, channel), entry (i / E) * C + c,
+// E the elements of one sample, T = N * C the length of each table.
 struct Geometry {
-  int64_t numel, C, S;
+  int64_t numel, C, S, E = 0, T = 0;
   __device__ __forceinline__ int64_t channel(int64_t i) const { return S == 1 ? i % C : (i / S) % C; }
+  __device__ __forceinline__ int64_t entry(int64_t i, int64_t c) const { return E ? (i / E) * C + c : c; }
+  __device__ __forceinline__ int64_t table() const { return E ? T : C; }
 };
 
 inline int elementwise_blocks(int64_t work) {
@@ -200,11 +205,11 @@ __global__ void apply_kernel(const scalar_t* __restrict__ x, scalar_t* __restric
   const int64_t nv = g.numel / VEC;
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < nv; v += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i0 = v * VEC;
-    const int64_t c0 = g.channel(i0);
+    const int64_t c0 = g.entry(i0, g.channel(i0));
     Pack<scalar_t, VEC> in = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + i0), out;
 #pragma unroll
     for (int j = 0; j < VEC; j++) {
-      const int64_t c = g.S == 1 ? c0 + j : c0;
+      const int64_t c = g.S == 1 ? c0 + j : c0;  // a vector never straddles samples (E % VEC == 0)
       out.v[j] = scalar_t(act_f<A>(pre_act(acc(in.v[j]), scale[c], shift[c]), alpha));
     }
     *reinterpret_cast<Pack<scalar_t, VEC>*>(y + i0) = out;
@@ -336,11 +341,11 @@ __global__ void bwd_apply_kernel(const scalar_t* __restrict__ grad, const scalar
                                  const acc_t<scalar_t>* __restrict__ abc, Geometry g, acc_t<scalar_t> alpha,
                                  acc_t<scalar_t> inv_alpha) {
   using acc = acc_t<scalar_t>;
-  const int64_t C = g.C;
+  const int64_t C = g.table();
   const int64_t nv = g.numel / VEC;
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < nv; v += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i0 = v * VEC;
-    const int64_t c0 = g.channel(i0);
+    const int64_t c0 = g.entry(i0, g.channel(i0));
     Pack<scalar_t, VEC> gin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(grad + i0);
     Pack<scalar_t, VEC> rin = *reinterpret_cast<const Pack<scalar_t, VEC>*>(ref + i0), out;
 #pragma unroll
@@ -351,6 +356,69 @@ __global__ void bwd_apply_kernel(const scalar_t* __restrict__ grad, const scalar
       out.v[j] = scalar_t(fma_(abc[c], gg, fma_(abc[C + c], u, abc[2 * C + c])));
     }
     *reinterpret_cast<Pack<scalar_t, VEC>*>(gx + i0) = out;
+  }
+}
+
+// ---- class-conditional ---------------------------------------------------------------------------
+// One thread per (n, c): c123 = [scale | shift | mean] tables (3 x N C) of z = x scale + shift.
+template <typename acc>
+__global__ void class_coef_kernel(int64_t N, int64_t C, int64_t K, const int64_t* __restrict__ y,
+                                  const acc* __restrict__ w, const acc* __restrict__ b, const acc* __restrict__ mean,
+                                  const acc* __restrict__ var, double eps, acc* __restrict__ c123) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t NC = N * C;
+  if (i >= NC) return;
+  const int64_t n = i / C, c = i - n * C;
+  const int64_t k = y[n];
+  if (k < 0 || k >= K) __trap();  // a label outside [0, K): the CPU entry point names it instead
+  FwdCoef f = fwd_coef(double(mean[c]), double(var[c]), double(w[k * C + c]), double(b[k * C + c]), eps);
+  c123[i] = acc(f.scale);
+  c123[NC + i] = acc(f.shift);
+  c123[2 * NC + i] = mean[c];
+}
+
+// One block per (n, c): part[(n C + c) * 2 + {0, 1}] = (sum g, sum g u) over the sample's H*W values.
+template <typename scalar_t, Act A>
+__global__ void class_sums_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, int64_t C,
+                                  int64_t S, int64_t HW, const acc_t<scalar_t>* __restrict__ c123, int64_t NC,
+                                  acc_t<scalar_t> alpha, acc_t<scalar_t>* __restrict__ part) {
+  using acc = acc_t<scalar_t>;
+  const int64_t nc = blockIdx.x;
+  const int64_t n = nc / C, c = nc - n * C;
+  const acc c1 = c123[nc], c2 = c123[NC + nc], c3 = c123[2 * NC + nc];
+  acc v[2] = {acc(0), acc(0)};
+  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+    const int64_t i = S == 1 ? (n * HW + p) * C + c : nc * HW + p;
+    acc gg, u;
+    grad_terms<scalar_t, A, Ref::X>(grad[i], x[i], c1, c2, c3, alpha, acc(0), gg, u);
+    v[0] += gg;
+    v[1] += gg * u;
+  }
+  __shared__ acc sh[2 * kWarp];
+  block_sum<acc, 2>(v, sh);
+  if (threadIdx.x == 0) {
+    part[nc * 2] = v[0];
+    part[nc * 2 + 1] = v[1];
+  }
+}
+
+// One thread per channel: abc = [A | B | C] tables (3 x N C) of dx = A g + B u + C, and the
+// per-class gradients (float64, column c is this thread's alone: deterministic).
+template <typename acc>
+__global__ void class_bwd_coef_kernel(int64_t N, int64_t C, const int64_t* __restrict__ y,
+                                      const acc* __restrict__ part, bool training, double M,
+                                      const acc* __restrict__ var, const acc* __restrict__ w,
+                                      const acc* __restrict__ gm, const acc* __restrict__ gv, double eps,
+                                      acc* __restrict__ abc, double* __restrict__ dw, double* __restrict__ db) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int64_t NC = N * C;
+  double B, Cc;
+  class_bwd_channel(c, N, C, y, part, training, M, double(var[c]), w, gm ? double(gm[c]) : 0.0,
+                    gv ? double(gv[c]) : 0.0, eps, abc + c, B, Cc, dw + c, db + c);
+  for (int64_t n = 0; n < N; n++) {
+    abc[NC + n * C + c] = acc(B);
+    abc[2 * NC + n * C + c] = acc(Cc);
   }
 }
 
@@ -408,6 +476,32 @@ inline const T* opt_ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
+// Batch statistics into mean/var, and the per-channel scale/shift for weight w and bias b.
+template <typename scalar_t>
+void stats(const at::Tensor& x, const ChannelLayout& l, const at::Tensor& w, const at::Tensor& b, double eps,
+           at::Tensor& mean, at::Tensor& var, acc_t<scalar_t>* scale, acc_t<scalar_t>* shift, cudaStream_t stream) {
+  using acc = acc_t<scalar_t>;
+  const int64_t C = l.C;
+  const Split sp = choose_split(l);
+  at::Tensor part = at::empty({sp.splits, C, 3}, mean.options());
+  if (l.S == 1) {
+    stats_partial_rows<scalar_t, acc><<<dim3(unsigned((C + 31) / 32), unsigned(sp.splits)),
+                                        dim3(32, kRowsPerBlock), 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), l.A, C, sp.per, part.mutable_data_ptr<acc>());
+  } else if (small_index(l)) {
+    stats_partial_s<scalar_t, acc, uint32_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), l.A, C, l.S, sp.per, part.mutable_data_ptr<acc>());
+  } else {
+    stats_partial_s<scalar_t, acc, int64_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), l.A, C, l.S, sp.per, part.mutable_data_ptr<acc>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  stats_finalize<scalar_t, acc><<<channel_blocks(C), kThreads, 0, stream>>>(
+      part.const_data_ptr<acc>(), sp.splits, C, x.const_data_ptr<scalar_t>(), l.S, opt_ptr<acc>(w), opt_ptr<acc>(b),
+      eps, mean.mutable_data_ptr<acc>(), var.mutable_data_ptr<acc>(), scale, shift);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 struct CudaKernels {
   static void forward(const at::Tensor& x, const ChannelLayout& l, bool training, const at::Tensor& w,
                       const at::Tensor& b, at::Tensor& mean, at::Tensor& var, double eps, at::Tensor& y, Act act,
@@ -421,24 +515,7 @@ struct CudaKernels {
       acc* scale = coef.mutable_data_ptr<acc>();
       acc* shift = scale + C;
       if (training) {
-        const Split sp = choose_split(l);
-        at::Tensor part = at::empty({sp.splits, C, 3}, mean.options());
-        if (l.S == 1) {
-          stats_partial_rows<scalar_t, acc><<<dim3(unsigned((C + 31) / 32), unsigned(sp.splits)),
-                                              dim3(32, kRowsPerBlock), 0, stream>>>(
-              x.const_data_ptr<scalar_t>(), l.A, C, sp.per, part.mutable_data_ptr<acc>());
-        } else if (small_index(l)) {
-          stats_partial_s<scalar_t, acc, uint32_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
-              x.const_data_ptr<scalar_t>(), l.A, C, l.S, sp.per, part.mutable_data_ptr<acc>());
-        } else {
-          stats_partial_s<scalar_t, acc, int64_t><<<dim3(unsigned(C), unsigned(sp.splits)), kThreads, 0, stream>>>(
-              x.const_data_ptr<scalar_t>(), l.A, C, l.S, sp.per, part.mutable_data_ptr<acc>());
-        }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        stats_finalize<scalar_t, acc><<<channel_blocks(C), kThreads, 0, stream>>>(
-            part.const_data_ptr<acc>(), sp.splits, C, x.const_data_ptr<scalar_t>(), l.S, opt_ptr<acc>(w),
-            opt_ptr<acc>(b), eps, mean.mutable_data_ptr<acc>(), var.mutable_data_ptr<acc>(), scale, shift);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        stats<scalar_t>(x, l, w, b, eps, mean, var, scale, shift, stream);
       } else {
         fwd_coef_kernel<acc><<<channel_blocks(C), kThreads, 0, stream>>>(
             mean.const_data_ptr<acc>(), var.const_data_ptr<acc>(), opt_ptr<acc>(w), opt_ptr<acc>(b), eps, C, scale, shift);
@@ -528,6 +605,83 @@ struct CudaKernels {
     });
   }
 
+  static void class_forward(const at::Tensor& x, const ChannelLayout& l, bool training, const at::Tensor& y,
+                            const at::Tensor& w, const at::Tensor& b, at::Tensor& mean, at::Tensor& var, double eps,
+                            at::Tensor& out, Act act, double alpha) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int64_t N = x.size(0), C = l.C, NC = N * C;
+    FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "class_batch_norm_act_cuda", [&] {
+      using acc = acc_t<scalar_t>;
+      at::Tensor tabs = at::empty({3 * NC + 2 * C}, mean.options());
+      acc* c123 = tabs.mutable_data_ptr<acc>();
+      if (training) stats<scalar_t>(x, l, at::Tensor(), at::Tensor(), eps, mean, var, c123 + 3 * NC, c123 + 3 * NC + C,
+                                    stream);
+      class_coef_kernel<acc><<<unsigned((NC + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          N, C, w.size(0), y.const_data_ptr<int64_t>(), w.const_data_ptr<acc>(), b.const_data_ptr<acc>(),
+          mean.const_data_ptr<acc>(), var.const_data_ptr<acc>(), eps, c123);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const Geometry g{x.numel(), C, l.S, x.numel() / N, NC};
+      constexpr int kVec = 16 / sizeof(scalar_t);
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* op = out.mutable_data_ptr<scalar_t>();
+      FASTGAN_BNA_DISPATCH_ACT(act, [&] {
+        if (can_vectorize<kVec, scalar_t>(g, {xp, op})) {
+          apply_kernel<scalar_t, kAct, kVec><<<elementwise_blocks(g.numel / kVec), kThreads, 0, stream>>>(
+              xp, op, c123, c123 + NC, g, acc(alpha));
+        } else {
+          apply_kernel<scalar_t, kAct, 1><<<elementwise_blocks(g.numel), kThreads, 0, stream>>>(
+              xp, op, c123, c123 + NC, g, acc(alpha));
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+
+  static void class_backward(const at::Tensor& grad, const at::Tensor& x, const ChannelLayout& l, const at::Tensor& y,
+                             const at::Tensor& mean, const at::Tensor& var, const at::Tensor& w, const at::Tensor& b,
+                             const at::Tensor& gm, const at::Tensor& gv, bool training, double eps, Act act,
+                             double alpha, at::Tensor& gx, at::Tensor& dw, at::Tensor& db) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int64_t N = x.size(0), C = l.C, NC = N * C;
+    const double M = double(x.numel() / C);
+    FASTGAN_DISPATCH_FLOATING(x.scalar_type(), "class_batch_norm_act_backward_cuda", [&] {
+      using acc = acc_t<scalar_t>;
+      at::Tensor tabs = at::empty({8 * NC}, mean.options());
+      acc* c123 = tabs.mutable_data_ptr<acc>();
+      acc* abc = c123 + 3 * NC;
+      acc* part = abc + 3 * NC;
+      const int64_t* yp = y.const_data_ptr<int64_t>();
+      class_coef_kernel<acc><<<unsigned((NC + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          N, C, w.size(0), yp, w.const_data_ptr<acc>(), b.const_data_ptr<acc>(), mean.const_data_ptr<acc>(),
+          var.const_data_ptr<acc>(), eps, c123);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+      const Geometry g{x.numel(), C, l.S, x.numel() / N, NC};
+      constexpr int kVec = 16 / sizeof(scalar_t);
+      FASTGAN_BNA_DISPATCH_ACT(act, [&] {
+        class_sums_kernel<scalar_t, kAct><<<unsigned(NC), kThreads, 0, stream>>>(
+            gp, xp, C, l.S, x.numel() / NC, c123, NC, acc(alpha), part);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        class_bwd_coef_kernel<acc><<<channel_blocks(C), kThreads, 0, stream>>>(
+            N, C, yp, part, training, M, var.const_data_ptr<acc>(), w.const_data_ptr<acc>(), opt_ptr<acc>(gm),
+            opt_ptr<acc>(gv), eps, abc, dw.mutable_data_ptr<double>(), db.mutable_data_ptr<double>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (can_vectorize<kVec, scalar_t>(g, {gp, xp, gxp})) {
+          bwd_apply_kernel<scalar_t, kAct, Ref::X, kVec><<<elementwise_blocks(g.numel / kVec), kThreads, 0, stream>>>(
+              gp, xp, gxp, c123, abc, g, acc(alpha), acc(0));
+        } else {
+          bwd_apply_kernel<scalar_t, kAct, Ref::X, 1><<<elementwise_blocks(g.numel), kThreads, 0, stream>>>(
+              gp, xp, gxp, c123, abc, g, acc(alpha), acc(0));
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+
   static void update(at::Tensor& rm, at::Tensor& rv, const at::Tensor& mean, const at::Tensor& var,
                      const at::Tensor& nbt, double momentum, int64_t count) {
     const c10::cuda::CUDAGuard guard(rm.device());
@@ -575,12 +729,30 @@ void bna_update_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at
   update_impl<CudaKernels>(running_mean, running_var, mean, var, num_batches_tracked, momentum, count);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cbna_cuda(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, bool training,
+    double eps, c10::string_view act, double alpha) {
+  return class_forward_impl<CudaKernels>(x, y, weight, bias, running_mean, running_var, training, eps,
+                                         std::string(act), alpha);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cbna_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const at::Tensor& mean, const at::Tensor& var,
+    const at::Tensor& weight, const at::Tensor& bias, const c10::optional<at::Tensor>& grad_mean,
+    const c10::optional<at::Tensor>& grad_var, bool training, double eps, c10::string_view act, double alpha) {
+  return class_backward_impl<CudaKernels>(grad, x, y, mean, var, weight, bias, grad_mean, grad_var, training, eps,
+                                          std::string(act), alpha);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CUDA, m) {
   m.impl("batch_norm_act", &bna_cuda);
   m.impl("batch_norm_act_backward", &bna_backward_cuda);
   m.impl("batch_norm_act_update_stats_", &bna_update_cuda);
+  m.impl("class_batch_norm_act", &cbna_cuda);
+  m.impl("class_batch_norm_act_backward", &cbna_backward_cuda);
 }
 
 }  // namespace batch_norm_act

@@ -1,9 +1,12 @@
 """Class-conditional networks: the projection head of a conditional discriminator (Miyato & Koyama
-2018) and the conditional MLPs for labelled 2-D data (the mode of a Gaussian mixture as the label)."""
+2018), the conditional DCGAN (class-conditional BatchNorm in G, projection D) and the conditional
+MLPs for labelled 2-D data (the mode of a Gaussian mixture as the label)."""
 import torch
 from torch import nn
 
 from .. import ops
+from ..nn import ClassBatchNormAct2d, FusedConvTranspose2d
+from .dcgan import DCGANDiscriminator, _check, _widths, init_dcgan_
 from .mlp import _mlp
 
 
@@ -77,3 +80,56 @@ class ProjectionMLPDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x), y)
+
+
+class ConditionalDCGANGenerator(nn.Module):
+    """(z (N, z_dim), y (N,)) -> images (N, channels, image_size, image_size) in [-1, 1]: the DCGAN
+    generator whose BatchNorm + ReLU layers are class-conditional (per-class scale and shift gathered
+    inside fastgan's fused kernel: ClassBatchNormAct2d)."""
+
+    def __init__(self, z_dim: int = 100, channels: int = 3, image_size: int = 64, width: int = 64,
+                 num_classes: int = 10):
+        super().__init__()
+        _check("ConditionalDCGANGenerator", image_size, channels, width, z_dim)
+        _check_classes("ConditionalDCGANGenerator", num_classes)
+        self.config = dict(z_dim=z_dim, channels=channels, image_size=image_size, width=width,
+                           num_classes=num_classes)
+        self.z_dim, self.num_classes = z_dim, num_classes
+        ws = _widths(image_size, width)
+        self.convs = nn.ModuleList(
+            FusedConvTranspose2d(z_dim if i == 0 else ws[i - 1], c, 4, 1 if i == 0 else 2, 0 if i == 0 else 1,
+                                 bias=False) for i, c in enumerate(ws))
+        self.norms = nn.ModuleList(ClassBatchNormAct2d(c, num_classes, activation="relu") for c in ws)
+        self.out = FusedConvTranspose2d(ws[-1], channels, 4, 2, 1, bias=False, activation="tanh")
+        init_dcgan_(self)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"ConditionalDCGANGenerator: argument 'z' must have shape (N, {self.z_dim}), "
+                             f"got {tuple(z.shape)}")
+        _check_labels("ConditionalDCGANGenerator", y, z.shape[0], self.num_classes)
+        h = z[:, :, None, None]
+        for conv, norm in zip(self.convs, self.norms):
+            h = norm(conv(h), y)
+        return self.out(h)
+
+
+class ProjectionDCGANDiscriminator(nn.Module):
+    """(images, y (N,)) -> logits (N,): the DCGAN discriminator's body, and a projection head on its
+    flattened 4x4 features (whose linear part is the DCGAN's final 4x4 convolution)."""
+
+    def __init__(self, channels: int = 3, image_size: int = 64, width: int = 64, num_classes: int = 10):
+        super().__init__()
+        _check_classes("ProjectionDCGANDiscriminator", num_classes)
+        base = DCGANDiscriminator(channels, image_size, width)
+        self.config = dict(channels=channels, image_size=image_size, width=width, num_classes=num_classes)
+        self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
+        self.blocks = base.blocks
+        self.head = ProjectionHead(_widths(image_size, width)[0] * 16, num_classes)
+        init_dcgan_(self.head)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2:] != (self.image_size, self.image_size):
+            raise ValueError(f"ProjectionDCGANDiscriminator: argument 'x' must have shape (N, {self.channels}, "
+                             f"{self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+        return self.head(self.blocks(x).flatten(1), y)

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..nn import FusedBatchNormAct2d, FusedConvTranspose2d, FusedLeakyReLU
+from ..nn import ClassBatchNormAct2d, FusedBatchNormAct2d, FusedConvTranspose2d, FusedLeakyReLU
 
 IMAGE_SIZES = (16, 32, 64, 128)
 
@@ -106,13 +106,13 @@ class DCGANDiscriminator(nn.Module):
 
 @torch.no_grad()
 def init_dcgan_(module: nn.Module, generator=None) -> nn.Module:
-    """DCGAN initialisation: conv weights N(0, 0.02), BN weights N(1, 0.02), biases 0."""
+    """DCGAN initialisation: conv weights N(0, 0.02), BN weights N(1, 0.02) (per class too), biases 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             m.weight.normal_(0.0, 0.02, generator=generator)
             if m.bias is not None:
                 m.bias.zero_()
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, ClassBatchNormAct2d)):
             m.weight.normal_(1.0, 0.02, generator=generator)
             m.bias.zero_()
     return module

@@ -4,7 +4,7 @@ import torch
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..ops.batch_norm_act import ACTS as NATIVE_ACTS
-from ..ops.batch_norm_act import batch_norm_act
+from ..ops.batch_norm_act import batch_norm_act, class_batch_norm_act
 from ..ops.bias_act import ACTS, bias_act
 from . import _torch_errors
 
@@ -88,3 +88,62 @@ class FusedBatchNormAct2d(_NormBase):
         if self.activation in _DEFAULT_ALPHA:
             s += f", negative_slope={self.negative_slope}"
         return s
+
+
+class ClassBatchNormAct2d(torch.nn.Module):
+    """Class-conditional BatchNorm + activation: act(weight[y] * batch_norm(x) + bias[y]).
+
+    The statistics (and the running ones, buffers of nn.BatchNorm2d's names) are per channel and
+    shared by the classes; the affine parameters are per class, `weight` and `bias` of shape
+    (num_classes, num_features), starting at 1 and 0 (the unconditional BatchNorm). Called as
+    `module(x, y)` with y the (N,) int64 class of each sample. One fused op each way
+    (fastgan.ops.class_batch_norm_act); activation: linear, relu or lrelu (negative_slope,
+    default 0.01)."""
+
+    def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5, momentum=0.1,
+                 track_running_stats: bool = True, device=None, dtype=None, *, activation: str = "relu",
+                 negative_slope=None):
+        super().__init__()
+        for name, v, low in (("num_features", num_features, 1), ("num_classes", num_classes, 1)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                raise ValueError(f"ClassBatchNormAct2d: argument '{name}' must be a positive int, got {v!r}")
+        if activation not in NATIVE_ACTS:
+            raise ValueError(f"ClassBatchNormAct2d: argument 'activation' must be one of {', '.join(NATIVE_ACTS)}; "
+                             f"got {activation!r}")
+        kw = {"device": device, "dtype": dtype}
+        self.num_features, self.num_classes = num_features, num_classes
+        self.eps, self.momentum, self.track_running_stats = eps, momentum, track_running_stats
+        self.activation = activation
+        self.negative_slope = float(0.01 if negative_slope is None else negative_slope)
+        self.weight = torch.nn.Parameter(torch.ones(num_classes, num_features, **kw))
+        self.bias = torch.nn.Parameter(torch.zeros(num_classes, num_features, **kw))
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **kw))
+            self.register_buffer("running_var", torch.ones(num_features, **kw))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def forward(self, input: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        use_batch_stats = self.training or self.running_mean is None
+        keep = not self.training or self.track_running_stats
+        alpha = self.negative_slope if self.activation == "lrelu" else 0.0
+        return class_batch_norm_act(
+            input, y, self.weight, self.bias, self.running_mean if keep else None, self.running_var if keep else None,
+            training=use_batch_stats, momentum=self.momentum, eps=self.eps, act=self.activation, alpha=alpha,
+            num_batches_tracked=self.num_batches_tracked)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.num_features}, num_classes={self.num_classes}, eps={self.eps}, momentum={self.momentum}, "
+             f"track_running_stats={self.track_running_stats}, activation={self.activation!r}")
+        return s + (f", negative_slope={self.negative_slope}" if self.activation == "lrelu" else "")

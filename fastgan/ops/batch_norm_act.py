@@ -34,6 +34,19 @@ Eager BatchNorm2d + activation keeps both x and y.
 
 Second derivatives: grad_mean/grad_var carry the gradients that reach the mean/var outputs in
 double backward, and batch_norm_act_backward has an autograd formula of its own in torch ops below.
+
+Class-conditional BatchNorm + activation (conditional GANs' generators; de Vries et al. 2017,
+Miyato & Koyama 2018): `class_batch_norm_act(x, y, weight, bias, ...)` normalises with per-channel
+batch statistics, like BatchNorm2d(affine=False), then applies a per-class affine gathered inside
+the kernel for each sample's label: act(weight[y] * xhat + bias[y]), weight and bias (K, C).
+  fastgan::class_batch_norm_act(x, y, weight, bias, running_mean, running_var, training, eps, act,
+      alpha) -> (out, mean, var)
+  fastgan::class_batch_norm_act_backward(grad, x, y, mean, var, weight, bias, grad_mean, grad_var,
+      training, eps, act, alpha) -> (grad_x, grad_weight (K, C), grad_bias (K, C))
+The backward keeps x (the per-sample affine cannot be inverted from y without the label's row); the
+running statistics are updated by batch_norm_act_update_stats_ as for the plain op. Its second
+derivative is the autograd of the backward written in torch ops (cold code: R1 through a
+conditional D; the conditional BN sits in G, whose double backward no penalty needs).
 """
 import torch
 
@@ -263,3 +276,172 @@ def _bwd_backward(ctx, ggx, ggw, ggb):
 
 
 torch.library.register_autograd("fastgan::batch_norm_act_backward", _bwd_backward, setup_context=_bwd_setup)
+
+
+# ---- class-conditional BatchNorm + activation ----------------------------------------------------
+_CFN = "fastgan.ops.class_batch_norm_act"
+
+
+@verified("class_batch_norm_act", reference.class_batch_norm_act, accumulates=True,
+          mutates=("running_mean", "running_var"))
+def class_batch_norm_act(x, y, weight, bias, running_mean=None, running_var=None, *, training=False,
+                         momentum=0.1, eps=1e-5, act="relu", alpha=0.01, num_batches_tracked=None):
+    """act(weight[y] * batch_norm(x) + bias[y]): BatchNorm statistics per channel, affine per class.
+
+    x: (N, C, H, W), any float dtype and layout. y: (N,) int64 class of each sample, in [0, K).
+    weight, bias: (K, C) in x's dtype or float32. running_mean/running_var, training, momentum,
+    eps, num_batches_tracked: as fastgan.ops.batch_norm_act (running statistics are per channel,
+    shared by the classes). act: linear, relu, lrelu (slope `alpha`).
+    """
+    check_tensor(_CFN, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"{_CFN}: argument 'x' must be a 4-D tensor (N, C, H, W); got a {x.dim()}-D "
+                         f"tensor of shape {tuple(x.shape)}")
+    check_choice(_CFN, "act", act, ACTS)
+    N, C = x.shape[0], x.shape[1]
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (N,):
+        got = f"a {y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"{_CFN}: argument 'y' must be an int64 tensor of shape ({N},) (one class per sample); "
+                         f"got {got}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        check_tensor(_CFN, name, t)
+        if t.dim() != 2 or t.shape[1] != C:
+            raise ValueError(f"{_CFN}: argument '{name}' must have shape (num_classes, {C}); got shape "
+                             f"{tuple(t.shape)}")
+    if bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"{_CFN}: argument 'bias' must have {weight.shape[0]} rows (the classes of 'weight'); "
+                         f"got {bias.shape[0]}")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None:
+            check_tensor(_CFN, name, t)
+            if t.dim() != 1 or t.shape[0] != C:
+                raise ValueError(f"{_CFN}: argument '{name}' must have shape ({C},) (x has {C} channels); "
+                                 f"got shape {tuple(t.shape)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{_CFN}: arguments 'running_mean' and 'running_var' must be given together")
+    if not training and running_mean is None:
+        raise ValueError(f"{_CFN}: argument 'running_mean' is required when training=False "
+                         f"(eval uses the running statistics)")
+    eps = float(eps)
+    if not eps >= 0:
+        raise ValueError(f"{_CFN}: argument 'eps' must be >= 0, got {eps}")
+    M = x.numel() // C if C else 0
+    if training and x.numel() > 0 and M == 1:
+        raise ValueError(f"{_CFN}: expected more than 1 value per channel when training, got input "
+                         f"(argument 'x') of shape {tuple(x.shape)}")
+    update = training and running_mean is not None
+    if update and momentum is None:
+        if num_batches_tracked is None:
+            raise ValueError(f"{_CFN}: momentum=None (cumulative average) needs argument 'num_batches_tracked'")
+    elif momentum is not None:
+        momentum = float(momentum)
+    out, mean, var = torch.ops.fastgan.class_batch_norm_act(x, y, weight, bias, running_mean, running_var,
+                                                            training, eps, act, float(alpha))
+    if update:
+        torch.ops.fastgan.batch_norm_act_update_stats_(running_mean, running_var, mean.detach(), var.detach(),
+                                                       num_batches_tracked, momentum, M)
+    return out
+
+
+@torch.library.register_fake("fastgan::class_batch_norm_act")
+def _class_fake(x, y, weight, bias, running_mean, running_var, training, eps, act, alpha):
+    acc = _acc_dtype(x.dtype)
+    C = x.shape[1]
+    return torch.empty_like(x), x.new_empty((C,), dtype=acc), x.new_empty((C,), dtype=acc)
+
+
+@torch.library.register_fake("fastgan::class_batch_norm_act_backward")
+def _class_backward_fake(grad, x, y, mean, var, weight, bias, grad_mean, grad_var, training, eps, act, alpha):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _class_setup(ctx, inputs, output):
+    x, y, weight, bias, _rm, _rv, training, eps, act, alpha = inputs
+    _out, mean, var = output
+    ctx.set_materialize_grads(False)
+    ctx.params = (training, eps, act, alpha)
+    ctx.save_for_backward(x, y, mean, var, weight, bias)
+
+
+def _class_backward(ctx, gout, gmean, gvar):
+    x, y, mean, var, weight, bias = ctx.saved_tensors
+    training, eps, act, alpha = ctx.params
+    if gout is None:
+        gout = torch.zeros_like(x)
+    if not training:
+        gmean = gvar = None
+    gx, gw, gb = torch.ops.fastgan.class_batch_norm_act_backward(gout, x, y, mean, var, weight, bias, gmean, gvar,
+                                                                training, eps, act, alpha)
+    need = ctx.needs_input_grad
+    return (gx if need[0] else None, None, gw if need[2] else None, gb if need[3] else None) + (None,) * 6
+
+
+torch.library.register_autograd("fastgan::class_batch_norm_act", _class_backward, setup_context=_class_setup)
+
+
+def class_backward_reference(grad, x, y, mean, var, weight, bias, gm, gv, training, eps, act, alpha):
+    """The class-conditional backward in differentiable torch ops (the header's formulas, with
+    mean and var as inputs): its autograd is the op's second derivative."""
+    dt = _acc_dtype(x.dtype)
+    C = x.shape[1]
+    M = x.numel() // C if C else 0
+    sh = (1, C, 1, 1)
+    d, xc = grad.to(dt), x.to(dt)
+    w, b = weight.to(dt)[y][:, :, None, None], bias.to(dt)[y][:, :, None, None]
+    mu, r = mean.to(dt).reshape(sh), torch.rsqrt(var.to(dt).reshape(sh) + eps)
+    u = xc - mu
+    z = w * (u * r) + b
+    if act == "linear":
+        s = torch.ones_like(z)
+    elif act == "relu":
+        s = (z > 0).to(dt)
+    else:
+        s = torch.where(z > 0, 1.0, z.new_full((), alpha)).detach()
+    g = d * s
+    dims = (0, 2, 3)
+    dx = r * w * g
+    if training and M > 0:
+        swg = (w * g).sum(dims, keepdim=True)
+        swgu = (w * g * u).sum(dims, keepdim=True)
+        dx = dx - r * swg / M - r ** 3 * u * swgu / M
+        if gm is not None:
+            dx = dx + gm.to(dt).reshape(sh) / M
+        if gv is not None:
+            dx = dx + 2 * gv.to(dt).reshape(sh) * u / M
+    K = weight.shape[0]
+    dw = torch.zeros(K, C, dtype=dt, device=x.device).index_add(0, y, (g * u * r).sum((2, 3)))
+    db = torch.zeros(K, C, dtype=dt, device=x.device).index_add(0, y, g.sum((2, 3)))
+    return dx.to(x.dtype), dw.to(weight.dtype), db.to(bias.dtype)
+
+
+def _cbwd_setup(ctx, inputs, output):
+    grad, x, y, mean, var, weight, bias, gm, gv, training, eps, act, alpha = inputs
+    ctx.params = (training, eps, act, alpha)
+    ctx.save_for_backward(grad, x, y, mean, var, weight, bias, gm, gv)
+
+
+def _cbwd_backward(ctx, ggx, ggw, ggb):
+    grad, x, y, mean, var, weight, bias, gm, gv = ctx.saved_tensors
+    training, eps, act, alpha = ctx.params
+    need = ctx.needs_input_grad
+    idx = [0, 1, 3, 4, 5, 6, 7, 8]  # grad, x, mean, var, weight, bias, gm, gv
+    vals = [grad, x, mean, var, weight, bias, gm, gv]
+    higher = torch.is_grad_enabled()  # create_graph=True by the caller: third order through torch ops
+    with torch.enable_grad():
+        leaves = [None if v is None else v.detach().requires_grad_(need[i]) for i, v in zip(idx, vals)]
+        outs = class_backward_reference(leaves[0], leaves[1], y, leaves[2], leaves[3], leaves[4], leaves[5],
+                                        leaves[6], leaves[7], training, eps, act, alpha)
+        pairs = [(o, g) for o, g in zip(outs, (ggx, ggw, ggb)) if g is not None]
+        wrt = [v for i, v in zip(idx, leaves) if v is not None and need[i]]
+        grads = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True,
+                                    create_graph=higher) if pairs and wrt else []
+    it = iter(grads)
+    res = [None] * 13
+    for i, v in zip(idx, leaves):
+        if v is not None and need[i]:
+            res[i] = next(it)
+    return tuple(res)
+
+
+torch.library.register_autograd("fastgan::class_batch_norm_act_backward", _cbwd_backward,
+                                setup_context=_cbwd_setup)

@@ -147,3 +147,14 @@ def conv_transpose2d_act(x, weight, bias=None, stride=1, padding=0, output_paddi
     """Reference for fastgan.ops.conv_transpose2d_act: F.conv_transpose2d, then bias_act."""
     y = F.conv_transpose2d(x, weight, None, stride, padding, output_padding, groups, dilation)
     return bias_act(y, bias, act=act, alpha=alpha, gain=gain, clamp=clamp, dim=1 if x.dim() == 4 else 0)
+
+
+def class_batch_norm_act(x, y, weight, bias, running_mean=None, running_var=None, *, training=False,
+                         momentum=0.1, eps=1e-5, act="relu", alpha=0.01, num_batches_tracked=None):
+    """Reference for fastgan.ops.class_batch_norm_act: F.batch_norm without affine, then the
+    per-class affine weight[y], bias[y] gathered for each sample, then the activation."""
+    if momentum is None:
+        momentum = 1.0 / float(num_batches_tracked) if training and running_mean is not None else 0.0
+    xhat = F.batch_norm(x, running_mean, running_var, None, None, training, momentum, eps)
+    z = xhat * weight[y][:, :, None, None] + bias[y][:, :, None, None]
+    return act_fn(act, z, alpha)
