@@ -133,7 +133,8 @@ def _cmd_train(args) -> int:
         objective = Conditional(classes)
     steps = args.steps if args.steps is not None else (2000 if image else 3000)
     r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if image or args.gp_weight else 0.1)
-    ema = args.ema_decay if args.ema_decay is not None else (0.99 if image else 0.0)
+    # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
+    ema = args.ema_decay if args.ema_decay is not None else (0.99 if image or model == "cmlp" else 0.0)
     ema = ema or None
     lr = args.lr or (2e-4 if image else 1e-3)
     batch = args.batch_size or (64 if image else 100)
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--gp-weight", type=float, default=0.0, help="WGAN-GP weight (0: off)")
     pt.add_argument("--d-steps", type=int, default=1, help="discriminator updates per generator update")
     pt.add_argument("--ema-decay", type=float, default=None,
-                    help="EMA of the generator for samples (default: 0.99 dcgan, off mlp; 0: off)")
+                    help="EMA of the generator for samples (default: 0.99 dcgan, cdcgan, cmlp; off mlp; 0: off)")
     pt.add_argument("--compile", action="store_true", help="torch.compile both networks")
     pt.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     pt.add_argument("--no-progress", action="store_true",

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fastgan import models
+from fastgan.nn import ClassBatchNormAct2d
 from fastgan.data import GANDataset, load_dataset
 from fastgan.objectives import GAN, Conditional, Objective
 from fastgan.train import GANTrainer, metrics
@@ -413,3 +414,66 @@ def test_cli_conditional_errors(tmp_path, capsys):
     assert cli.main(["train", "--data", "ring8", "--model", "mlp", "--steps", "2", "--out", out, "--quiet"]) == 0
     assert cli.main(["sample", "--checkpoint", out, "--class", "1"]) == 2
     assert "holds an unconditional model (mlp); drop --class" in capsys.readouterr().err
+
+
+# ---- the conditional DCGAN -----------------------------------------------------------------------
+def test_conditional_dcgan_shapes_classes_and_init():
+    torch.manual_seed(0)
+    G = models.ConditionalDCGANGenerator(16, 1, 16, 8, 10)
+    D = models.ProjectionDCGANDiscriminator(1, 16, 8, 10)
+    z = torch.randn(6, 16)
+    a, b = G(z, torch.zeros(6, dtype=torch.long)), G(z, torch.full((6,), 3))
+    assert a.shape == (6, 1, 16, 16) and not torch.allclose(a, b)
+    assert G.convs[0].in_channels == 16 + 10  # z and the one-hot class
+    norms = list(G.norms)
+    assert len(norms) == 2 and all(isinstance(n, ClassBatchNormAct2d) and n.weight.shape == (10, n.num_features)
+                                   for n in norms)
+    w = norms[0].weight
+    assert abs(float(w.mean()) - 1) < 0.01 and 0.01 < float(w.std()) < 0.03  # DCGAN init, per class
+    logits = D(a, torch.arange(6))
+    assert logits.shape == (6,)
+    assert torch.equal(D.head.embed.weight, torch.zeros_like(D.head.embed.weight))  # starts unconditional
+    with pytest.raises(ValueError, match=r"argument 'x' must have shape \(N, 1, 16, 16\)"):
+        D(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"argument 'y' must hold classes in \[0, 10\)"):
+        G(z, torch.full((6,), 10))
+    G2, D2 = models.build("cdcgan", G.config, D.config)
+    G2.load_state_dict(G.state_dict())
+    G.eval(), G2.eval()
+    torch.testing.assert_close(G2(z, torch.arange(6)), G(z, torch.arange(6)))
+    assert models.kind_of(G2) == models.kind_of(D2) == "cdcgan"
+
+
+def test_cdcgan_samples_are_their_class():
+    """Quality: the conditional DCGAN of `fastgan train --model cdcgan` (digits at 32 px, width 32,
+    z 100, Adam 2e-4, EMA 0.99, seed 0), shortened to 750 steps: the dataset's own classifier labels
+    the samples asked for class k as k (measured at 750 steps: 93.7%; at the default 2,000: 96.1%,
+    every class >= 90%, Fréchet distance 8.8 against the unconditional DCGAN's 11.0)."""
+    from fastgan.data import datasets
+    ds = load_dataset("digits", 32)
+    torch.manual_seed(0)
+    G, D = models.ConditionalDCGANGenerator(100, 1, 32, 32, 10), models.ProjectionDCGANDiscriminator(1, 32, 32, 10)
+    t = GANTrainer(G, D, z_dim=100, ema_decay=0.99, objective=Conditional(10), seed=0, device="cpu")
+    t.fit(ds, 750, 64, progress=False)
+    ev = metrics.evaluator_for(ds)
+    y = torch.arange(1000) % 10
+    res = ev(t.sample(1000, z=torch.randn(1000, 100, generator=torch.Generator().manual_seed(7)), y=y), labels=y)
+    assert res["class_accuracy"] >= 85, res
+    assert min(res["per_class"]) >= 60 and res["classes"] == 10, res
+    assert datasets is not None
+
+
+def test_cmlp_ring8_every_mode_on_call():
+    """Quality: `fastgan train --data ring8 --model cmlp` settings (Adam 1e-3, R1 0.1, EMA 0.99, batch
+    100, seed 0), 2,000 steps: every mode covered and the samples asked for mode k mostly at mode k
+    (measured: seeds 1, 2 at the default 3,000 steps: 67.1%, 84.1%)."""
+    ds = load_dataset("ring8")
+    torch.manual_seed(0)
+    t = GANTrainer(models.ConditionalMLPGenerator(2, 2, 8), models.ProjectionMLPDiscriminator(2, 8), z_dim=2,
+                   lr_g=1e-3, lr_d=1e-3, r1_gamma=0.1, ema_decay=0.99, objective=Conditional(8), seed=0, device="cpu")
+    t.fit(ds, 2000, 100, progress=False)
+    y = torch.arange(2500) % 8
+    m = metrics.mixture_metrics(t.sample(2500, z=torch.randn(2500, 2, generator=torch.Generator().manual_seed(7)),
+                                         y=y), ds.modes, ds.mode_std, labels=y)
+    assert m["modes"] == 8, m
+    assert m["class_accuracy"] >= 40, m

@@ -84,8 +84,9 @@ class ProjectionMLPDiscriminator(nn.Module):
 
 class ConditionalDCGANGenerator(nn.Module):
     """(z (N, z_dim), y (N,)) -> images (N, channels, image_size, image_size) in [-1, 1]: the DCGAN
-    generator whose BatchNorm + ReLU layers are class-conditional (per-class scale and shift gathered
-    inside fastgan's fused kernel: ClassBatchNormAct2d)."""
+    generator whose input is z with the one-hot class appended (Mirza & Osindero 2014) and whose
+    BatchNorm + ReLU layers are class-conditional (per-class scale and shift gathered inside
+    fastgan's fused kernel: ClassBatchNormAct2d)."""
 
     def __init__(self, z_dim: int = 100, channels: int = 3, image_size: int = 64, width: int = 64,
                  num_classes: int = 10):
@@ -97,8 +98,8 @@ class ConditionalDCGANGenerator(nn.Module):
         self.z_dim, self.num_classes = z_dim, num_classes
         ws = _widths(image_size, width)
         self.convs = nn.ModuleList(
-            FusedConvTranspose2d(z_dim if i == 0 else ws[i - 1], c, 4, 1 if i == 0 else 2, 0 if i == 0 else 1,
-                                 bias=False) for i, c in enumerate(ws))
+            FusedConvTranspose2d(z_dim + num_classes if i == 0 else ws[i - 1], c, 4, 1 if i == 0 else 2,
+                                 0 if i == 0 else 1, bias=False) for i, c in enumerate(ws))
         self.norms = nn.ModuleList(ClassBatchNormAct2d(c, num_classes, activation="relu") for c in ws)
         self.out = FusedConvTranspose2d(ws[-1], channels, 4, 2, 1, bias=False, activation="tanh")
         init_dcgan_(self)
@@ -108,7 +109,7 @@ class ConditionalDCGANGenerator(nn.Module):
             raise ValueError(f"ConditionalDCGANGenerator: argument 'z' must have shape (N, {self.z_dim}), "
                              f"got {tuple(z.shape)}")
         _check_labels("ConditionalDCGANGenerator", y, z.shape[0], self.num_classes)
-        h = z[:, :, None, None]
+        h = torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], 1)[:, :, None, None]
         for conv, norm in zip(self.convs, self.norms):
             h = norm(conv(h), y)
         return self.out(h)
