@@ -123,6 +123,25 @@ def sweep_batch_norm_act(c, device, dtype, quick=False):
             c.close(rm, rmr, what + " running_mean", scale=4)
             c.close(rv, rvr, what + " running_var", scale=4)
             c.cases += 1
+            # the class-conditional op: the same statistics, an affine per class (K = 3)
+            K = 3
+            lab = (torch.arange(shape[0]) % K).to(device)
+            wk = (torch.rand(K, C, dtype=acc) + 0.5).to(device).requires_grad_(True)
+            bk = torch.randn(K, C, dtype=acc).to(device).requires_grad_(True)
+            rmr2, rvr2 = rmr.clone(), rvr.clone()
+            rm, rv = rmr.clone().to(device=device, dtype=acc), rvr.clone().to(device=device, dtype=acc)
+            y = fastgan.ops.class_batch_norm_act(x, lab, wk, bk, rm, rv, training=training, act="lrelu", alpha=0.2)
+            gx, gw, gb = _grads(y, (x, wk, bk), gy)
+            wr, br = wk.detach().double().cpu().requires_grad_(), bk.detach().double().cpu().requires_grad_()
+            yr = R.class_batch_norm_act(xr, lab.cpu(), wr, br, rmr2, rvr2, training=training, act="lrelu", alpha=0.2)
+            gxr, gwr, gbr = _grads(yr, (xr, wr, br), gy.double().cpu())
+            what = f"class {shape} {'train' if training else 'eval'}"
+            c.close(y, yr, what + " y", scale=4)
+            c.close(gx, gxr, what + " grad x", scale=8)
+            c.close(gw, gwr, what + " grad weight", scale=4 * n ** 0.5)
+            c.close(gb, gbr, what + " grad bias", scale=4 * n ** 0.5)
+            c.close(rm, rmr2, what + " running_mean", scale=4)
+            c.cases += 1
 
 
 # The DCGAN-64 generator's transposed convolutions (batch 2); the emulator runs them 4x narrower.

@@ -82,3 +82,56 @@ def cases(device: str, quick: bool):
                 out.append(Case("batch_norm_act", f"{act} train fwd+bwd {tag} saved {ratio:.2f}x", fb,
                                 bytes=7 * n * es))
     return out
+
+
+class _EagerClassBN(nn.Module):
+    """What a conditional GAN writes in PyTorch: BatchNorm2d(affine=False), the class rows gathered
+    with an embedding, the affine, the activation."""
+
+    def __init__(self, C, K):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(C, affine=False)
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, K * C).reshape(K, C))
+        self.bias = nn.Parameter(torch.linspace(-0.3, 0.3, K * C).reshape(K, C))
+
+    def forward(self, x, y):
+        h = self.bn(x) * self.weight[y][:, :, None, None] + self.bias[y][:, :, None, None]
+        return torch.relu(h)
+
+
+@register_suite("class_batch_norm_act")
+def class_cases(device: str, quick: bool):
+    # the conditional DCGAN generator's BN + ReLU layers (10 classes), the digits run and DCGAN-64
+    from fastgan.nn import ClassBatchNormAct2d
+    K = 10
+    work = [(64, 64, 8, 8), (64, 32, 16, 16), (128, 512, 4, 4), (64, 128, 16, 16)]
+    if quick:
+        work = work[:2]
+    out = []
+    for shape in work:
+        C = shape[1]
+        x = torch.randn(shape, device=device)
+        y = torch.arange(shape[0], device=device) % K
+        g = torch.randn_like(x)
+        fused = ClassBatchNormAct2d(C, K).to(device)
+        eager = _EagerClassBN(C, K).to(device)
+        with torch.no_grad():
+            fused.weight.copy_(eager.weight)
+            fused.bias.copy_(eager.bias)
+        comp = compiled(eager)
+        tag = "x".join(map(str, shape))
+        n, es = x.numel(), x.element_size()
+        fwd = {"fastgan": lambda m=fused, x=x, y=y: m(x, y), "eager": lambda m=eager, x=x, y=y: m(x, y),
+               "compile": lambda m=comp, x=x, y=y: m(x, y)}
+        out.append(Case("class_batch_norm_act", f"relu train fwd {tag}", fwd, bytes=3 * n * es))
+        xr = x.clone().requires_grad_()
+
+        def fb(m, x=xr, y=y, g=g):
+            params = list(m.parameters())
+
+            def run():
+                return torch.autograd.grad(m(x, y), [x] + params, g)
+            return run
+        out.append(Case("class_batch_norm_act", f"relu train fwd+bwd {tag}",
+                        {"fastgan": fb(fused), "eager": fb(eager), "compile": fb(comp)}, bytes=7 * n * es))
+    return out
