@@ -37,6 +37,7 @@ def _cmd_selftest(args) -> int:
 
 
 CONDITIONAL = ("cmlp", "cdcgan")  # models trained with fastgan.objectives.Conditional
+INFO_CODES = (10, 2)  # InfoGAN on digits: one 10-way categorical code, two continuous ones
 
 
 class CLIError(Exception):
@@ -99,7 +100,7 @@ def _cmd_train(args) -> int:
                            f"labelled arrays or class folders); --data {args.data} has no labels")
         classes = ds.num_classes
     torch.manual_seed(args.seed)  # the initial weights follow --seed too
-    image = model in ("dcgan", "cdcgan")
+    image = model in ("dcgan", "cdcgan", "infogan")
     if image:
         if ds.kind != "image":
             raise CLIError(f"--model {model} needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "
@@ -107,7 +108,9 @@ def _cmd_train(args) -> int:
         size = _pick_size(ds.x.shape[-1], args.image_size)
         if ds.x.shape[-1] != size:
             ds.x = fdata.datasets._resize(ds.x, size)
-        z_dim = args.z_dim or 100
+        z_dim = args.z_dim or (62 if model == "infogan" else 100)  # InfoGAN: 62 noise + the codes, as the paper
+        if model == "infogan":
+            z_dim += sum(INFO_CODES)
         width = args.width or (32 if size <= 32 else 64)
         if model == "cdcgan":
             G = models.ConditionalDCGANGenerator(z_dim, ds.x.shape[1], size, width, classes)
@@ -131,6 +134,10 @@ def _cmd_train(args) -> int:
     if model in CONDITIONAL:
         from fastgan.objectives import Conditional
         objective = Conditional(classes)
+    elif model == "infogan":  # a DCGAN whose input ends with the codes, and Q on D's 4x4 features
+        from fastgan.objectives import InfoGAN, QHead
+        from fastgan.models.dcgan import _widths
+        objective = InfoGAN(QHead(_widths(size, width)[0] * 16, INFO_CODES[0], INFO_CODES[1]))
     steps = args.steps if args.steps is not None else (2000 if image else 3000)
     r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if image or args.gp_weight else 0.1)
     # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
@@ -189,7 +196,8 @@ def _cmd_train(args) -> int:
         summary = ""
         if last:
             summary = "  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in last[-1]["eval"].items())
+                                       for k, v in last[-1]["eval"].items()
+                                       if isinstance(v, (int, float)))  # tables stay in metrics.jsonl
         print(f"fastgan: done: step {tr.step}{summary}\n  samples {out}/samples.png  curves {out}/curves.png  "
               f"metrics {out}/metrics.jsonl  checkpoints {cdir}/", flush=True)
     return 0
@@ -225,10 +233,36 @@ def _cmd_sample(args) -> int:
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, ck["config"]["z_dim"], generator=g)
     classes = getattr(G, "num_classes", None)
-    if args.klass is not None and classes is None:
-        raise CLIError(f"--class: {path} holds an unconditional model ({meta['kind']}); drop --class")
-    if args.klass is not None and not 0 <= args.klass < classes:
+    if args.klass is not None and classes is not None and not 0 <= args.klass < classes:
         raise CLIError(f"--class must be in [0, {classes}) for this model, got {args.klass}")
+    cfg = ck.get("config") or {}
+    if args.sweep is not None and cfg.get("objective") != "infogan":
+        raise CLIError(f"--sweep: {path} holds no InfoGAN (only InfoGAN has continuous codes); drop --sweep")
+    if cfg.get("objective") == "infogan" and args.sweep is not None:  # categories x a continuous code
+        from fastgan.objectives.infogan import code_sweep
+        try:
+            inp = code_sweep(cfg["z_dim"], cfg["categories"], cfg["continuous"], args.sweep, steps=8, seed=args.seed)
+        except ValueError as e:
+            raise CLIError(f"--sweep: {e}") from None
+        with torch.no_grad():
+            x = G(inp)
+        from fastgan.train.report import save_image_grid
+        d = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(d, exist_ok=True)
+        save_image_grid(x, args.out, nrow=8)
+        print(f"fastgan: {x.shape[0]} samples (rows: the {cfg['categories']} categorical codes; columns: continuous "
+              f"code {args.sweep} from -1 to 1) from {path} (step {ck['step']}) -> {args.out}")
+        return 0
+    if cfg.get("objective") == "infogan":  # --class picks the categorical code
+        from fastgan.objectives.infogan import code_input
+        classes = cfg["categories"]
+        if args.klass is not None and not 0 <= args.klass < classes:
+            raise CLIError(f"--class must be in [0, {classes}) for this model (its categorical code), got {args.klass}")
+        cat = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
+        z = code_input(z, classes, cfg["continuous"], cat)[0]
+        classes = None
+    elif args.klass is not None and classes is None:
+        raise CLIError(f"--class: {path} holds an unconditional model ({meta['kind']}); drop --class")
     inputs = [z]
     if classes is not None:  # one class, or every class in turn
         y = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
@@ -278,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
     pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
                     "CIFAR batches, .npy/.npz) (default: digits)")
-    pt.add_argument("--model", choices=("dcgan", "cdcgan", "mlp", "cmlp"), default=None,
+    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "mlp", "cmlp"), default=None,
                     help="dcgan for images, mlp for 2-D points; cdcgan / cmlp: their class-conditional versions "
-                    "(the digit / the mode as label) (default: dcgan or mlp, from the data)")
+                    "(the digit / the mode as label); infogan: a DCGAN with a 10-way categorical and 2 "
+                    "continuous codes (default: dcgan or mlp, from the data)")
     pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
     pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
@@ -315,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--seed", type=int, default=0)
     ps.add_argument("--class", dest="klass", type=int, default=None,
                     help="conditional models: samples of this class only (default: the classes in turn)")
+    ps.add_argument("--sweep", type=int, default=None,
+                    help="InfoGAN: a grid whose rows are the categorical codes and whose columns sweep this "
+                    "continuous code (0 or 1) from -1 to 1")
     ps.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
     ps.add_argument("--save-tensor", default=None, help="also torch.save the samples to this file")
     return p

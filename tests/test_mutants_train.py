@@ -1772,7 +1772,7 @@ def test_fit_passes_its_stream_settings(monkeypatch):
     with pytest.raises(Stop):
         t.fit(_data(), 3, 2, progress=False)
     assert seen == {"batch_size": 2, "device": CPU, "channels_last": True, "seed": 4, "rank": 1, "world": 2,
-                    "state": {"kind": "index"}}
+                    "state": {"kind": "index"}, "labels": False}
 
 
 def test_fit_default_checkpoint_cadence_and_progress(tmp_path, capsys):

@@ -429,6 +429,7 @@ def test_conditional_dcgan_shapes_classes_and_init():
     assert len(norms) == 2 and all(isinstance(n, ClassBatchNormAct2d) and n.weight.shape == (10, n.num_features)
                                    for n in norms)
     w = norms[0].weight
+    w = w.detach()
     assert abs(float(w.mean()) - 1) < 0.01 and 0.01 < float(w.std()) < 0.03  # DCGAN init, per class
     logits = D(a, torch.arange(6))
     assert logits.shape == (6,)
@@ -477,3 +478,155 @@ def test_cmlp_ring8_every_mode_on_call():
                                          y=y), ds.modes, ds.mode_std, labels=y)
     assert m["modes"] == 8, m
     assert m["class_accuracy"] >= 40, m
+
+
+# ---- InfoGAN -----------------------------------------------------------------------------------------
+from fastgan.objectives import InfoGAN, QHead  # noqa: E402
+from fastgan.objectives import infogan as infogan_mod  # noqa: E402
+
+
+def test_code_input_and_sweep():
+    z = torch.randn(5, 9)
+    x, cat, cont = infogan_mod.code_input(z, 4, 2, torch.tensor([0, 3, 1, 2, 3]))
+    assert x.shape == (5, 9) and torch.equal(x[:, :3], z[:, :3])
+    assert torch.equal(x[:, 3:7], nn.functional.one_hot(torch.tensor([0, 3, 1, 2, 3]), 4).float())
+    torch.testing.assert_close(x[:, 7:], torch.erf(z[:, 7:] / 2 ** 0.5))
+    assert torch.equal(cont, x[:, 7:]) and cont.abs().max() < 1
+    g = infogan_mod.code_sweep(9, 4, 2, 1, steps=5)
+    assert g.shape == (20, 9)
+    rows = g.reshape(4, 5, 9)
+    assert torch.equal(rows[:, :, 3:7].argmax(2), torch.arange(4)[:, None].expand(4, 5))
+    torch.testing.assert_close(rows[2, :, 8], torch.linspace(-1, 1, 5))
+    assert not rows[:, :, 7].any() and torch.equal(rows[:, 0, :3], rows[:, 4, :3])
+    with pytest.raises(ValueError, match=r"'which' must be in \[0, 2\)"):
+        infogan_mod.code_sweep(9, 4, 2, 2)
+
+
+def test_info_loss_is_cross_entropy_plus_gaussian_nll():
+    q = QHead(6, 4, 2)
+    obj = InfoGAN(q)
+
+    class T:
+        def net(self, name):
+            return q
+
+    h = torch.randn(5, 6)
+    cat, cont = torch.tensor([0, 1, 2, 3, 1]), torch.rand(5, 2) * 2 - 1
+    loss, acc = obj.info_loss(T(), h, cat, cont)
+    logits, mu = q(h)
+    want = nn.functional.cross_entropy(logits, cat) - torch.distributions.Normal(mu, 1.0).log_prob(cont).sum(1).mean()
+    torch.testing.assert_close(loss, want)
+    assert acc == (logits.argmax(1) == cat).float().mean()
+
+
+def _tiny_infogan(lam=1.0):
+    torch.manual_seed(0)
+    G = models.DCGANGenerator(8 + 6, 1, 16, 8)
+    D = models.DCGANDiscriminator(1, 16, 8)
+    q = QHead(8 * 2 * 16, 4, 2, hidden=16)
+    return G, D, InfoGAN(q, lam=lam)
+
+
+def test_infogan_players_updates_and_resume(tmp_path):
+    ds = load_dataset("digits", 16)
+    G, D, obj = _tiny_infogan()
+    t = GANTrainer(G, D, z_dim=14, objective=obj, ema_decay=0.9, device="cpu")
+    assert t.nets["q"] is obj.q and set(t.optimizers) == {"g", "d"}
+    assert {id(p) for p in t.opt_d.param_groups[0]["params"]} == {id(p) for m in (D, obj.q) for p in m.parameters()}
+    q0 = [p.detach().clone() for p in obj.q.parameters()]
+    hist = t.fit(ds, 4, 16, progress=False, log_every=2, out_dir=str(tmp_path), checkpoint_every=2, sample_every=4)
+    assert all(not torch.equal(a, b) for a, b in zip(q0, obj.q.parameters()))
+    rec = hist[0]
+    assert rec["info"] > 0 and 0 <= rec["q_acc"] <= 1
+    ev = [r["eval"] for r in hist if "eval" in r][-1]
+    assert "matched_accuracy" in ev and len(ev["confusion"]) == 10
+    # resume from step 2 = the uninterrupted run
+    G2, D2, obj2 = _tiny_infogan()
+    u = GANTrainer(G2, D2, z_dim=14, objective=obj2, ema_decay=0.9, device="cpu")
+    u.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-00000002.pt"))
+    u.fit(ds, 4, 16, progress=False)
+    for a, b in ((G2, G), (D2, D), (obj2.q, obj.q)):
+        torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=0, atol=0)
+    ck = torch.load(tmp_path / "checkpoints" / "ckpt-00000004.pt", weights_only=False)
+    assert set(ck["nets"]) == {"q"} and ck["config"]["objective"] == "infogan" and ck["config"]["categories"] == 4
+
+
+def test_infogan_g_step_leaves_d_and_q_alone(monkeypatch):
+    """The generator update moves G only; lambda = 0 is the plain GAN's G loss (info still logged)."""
+    ds = load_dataset("digits", 16)
+    G, D, obj = _tiny_infogan(lam=0.0)
+    t = GANTrainer(G, D, z_dim=14, objective=obj, device="cpu")
+    seen = {}
+    real_update = t.update
+
+    def spy(player, loss):
+        if player == "g":
+            seen["d"] = [p.detach().clone() for p in list(D.parameters()) + list(obj.q.parameters())]
+            seen["grad_free"] = all(not p.requires_grad for p in list(D.parameters()) + list(obj.q.parameters()))
+        real_update(player, loss)
+        if player == "g":
+            after = [p.detach() for p in list(D.parameters()) + list(obj.q.parameters())]
+            seen["same"] = all(torch.equal(a, b) for a, b in zip(seen["d"], after))
+
+    t.update = spy
+    (rec,) = t.fit(ds, 1, 16, progress=False)
+    assert seen["grad_free"] and seen["same"] and rec["info"] > 0
+    assert all(p.requires_grad for p in D.parameters())
+
+
+def test_matched_accuracy_finds_the_permutation():
+    codes = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    pred = torch.tensor([2, 2, 0, 1, 1, 1, 1])
+    m = metrics.matched_accuracy(codes, pred, 3)
+    assert m["assignment"] == {0: 2, 1: 0, 2: 1} and m["matched_accuracy"] == pytest.approx(100 * 6 / 7)
+    assert m["confusion"][2] == [0, 3, 0]
+
+
+def test_infogan_checks():
+    with pytest.raises(TypeError, match="'q' must be a fastgan.objectives.infogan.QHead"):
+        InfoGAN(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="'lam' must be a number >= 0"):
+        InfoGAN(QHead(4), lam=-1)
+    G, D, obj = _tiny_infogan()
+    with pytest.raises(ValueError, match=r"z_dim \(6\) must exceed InfoGAN's 4 \+ 2 code dimensions"):
+        GANTrainer(models.DCGANGenerator(12, 1, 16, 8), D, z_dim=6, objective=obj)
+
+
+def test_cli_infogan_trains_samples_and_sweeps(tmp_path, capsys):
+    from fastgan import cli
+    out = str(tmp_path / "ig")
+    assert cli.main(["train", "--model", "infogan", "--steps", "3", "--sample-every", "3", "--image-size", "16",
+                     "--width", "8", "--out", out, "--quiet"]) == 0
+    summary = capsys.readouterr().out
+    assert "matched_accuracy=" in summary and "confusion" not in summary
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["trainer"]["z_dim"] == 62 + 12 and cfg["trainer"]["objective"] == "infogan"
+    assert cli.main(["sample", "--checkpoint", out, "--class", "4", "--n", "8", "--out", str(tmp_path / "a.png")]) == 0
+    assert "8 samples of class 4" in capsys.readouterr().out
+    assert cli.main(["sample", "--checkpoint", out, "--sweep", "1", "--out", str(tmp_path / "s.png")]) == 0
+    assert "80 samples (rows: the 10 categorical codes" in capsys.readouterr().out
+    from PIL import Image
+    assert Image.open(tmp_path / "s.png").size == (8 * 18 + 2, 10 * 18 + 2)
+    assert cli.main(["sample", "--checkpoint", out, "--sweep", "2", "--out", str(tmp_path / "t.png")]) == 2
+    assert "'which' must be in [0, 2)" in capsys.readouterr().err
+    assert cli.main(["sample", "--checkpoint", out, "--class", "10"]) == 2
+    assert "--class must be in [0, 10) for this model (its categorical code)" in capsys.readouterr().err
+    plain = str(tmp_path / "plain")
+    assert cli.main(["train", "--data", "ring8", "--steps", "2", "--out", plain, "--quiet"]) == 0
+    assert cli.main(["sample", "--checkpoint", plain, "--sweep", "0"]) == 2
+    assert "holds no InfoGAN" in capsys.readouterr().err
+
+
+def test_infogan_q_recovers_the_categorical_code():
+    """Quality: `fastgan train --model infogan` settings (digits 32 px, width 32, 62 noise + 10-way
+    categorical + 2 continuous codes, lambda 1, Adam 2e-4, seed 0), 300 steps: Q names the
+    categorical code G was given for >= 90% of the fakes (measured 98.7% at step 300 in the full
+    run; below 30% before the continuous codes' Gaussian got a fixed unit std)."""
+    from fastgan.models.dcgan import _widths
+    ds = load_dataset("digits", 32)
+    torch.manual_seed(0)
+    G, D = models.DCGANGenerator(74, 1, 32, 32), models.DCGANDiscriminator(1, 32, 32)
+    obj = InfoGAN(QHead(_widths(32, 32)[0] * 16, 10, 2))
+    t = GANTrainer(G, D, z_dim=74, ema_decay=0.99, objective=obj, seed=0, device="cpu")
+    hist = t.fit(ds, 300, 64, progress=False, log_every=50)
+    assert hist[-1]["q_acc"] >= 0.9, hist[-1]

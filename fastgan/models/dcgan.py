@@ -97,11 +97,15 @@ class DCGANDiscriminator(nn.Module):
         self.out = nn.Conv2d(ws[-1], 1, 4, 1, 0, bias=False)
         init_dcgan_(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits (N,); with features=True also the 4x4 features the logit is read from (for heads
+        that share D's body, as InfoGAN's Q)."""
         if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2:] != (self.image_size, self.image_size):
             raise ValueError(f"DCGANDiscriminator: argument 'x' must have shape (N, {self.channels}, "
                              f"{self.image_size}, {self.image_size}), got {tuple(x.shape)}")
-        return self.out(self.blocks(x)).flatten()
+        h = self.blocks(x)
+        logits = self.out(h).flatten()
+        return (logits, h) if features else logits
 
 
 @torch.no_grad()

@@ -3,3 +3,4 @@ See base.py for the contract."""
 from .base import Objective  # noqa: F401
 from .gan import GAN  # noqa: F401
 from .conditional import Conditional  # noqa: F401
+from .infogan import InfoGAN, QHead  # noqa: F401

@@ -148,7 +148,24 @@ class ImageEvaluator:
             out["class_accuracy"] = 100.0 * float(hit.mean())
             out["per_class"] = [100.0 * float(hit[y == k].mean()) if bool((y == k).any()) else None
                                 for k in range(self.num_classes)]
+            out.update(matched_accuracy(y, pred, self.num_classes))
         return out
+
+
+def matched_accuracy(codes, pred, num_classes: int) -> dict:
+    """How well unsupervised codes (e.g. InfoGAN's categorical code) match classes: the code x class
+    confusion counts and the percent accuracy under the best one-to-one code -> class assignment
+    (Hungarian algorithm). Returns {"matched_accuracy", "assignment" (code -> class), "confusion"}."""
+    from scipy.optimize import linear_sum_assignment
+    codes, pred = torch.as_tensor(codes).cpu().long(), torch.as_tensor(pred).cpu().long()
+    k = max(int(codes.max()) + 1 if codes.numel() else 0, num_classes)
+    conf = torch.zeros(k, k, dtype=torch.long)
+    conf.index_put_((codes, pred), torch.ones_like(codes), accumulate=True)
+    rows, cols = linear_sum_assignment(-conf.numpy())
+    hits = int(conf[rows, cols].sum())
+    return {"matched_accuracy": 100.0 * hits / max(len(codes), 1),
+            "assignment": {int(r): int(c) for r, c in zip(rows, cols)},
+            "confusion": conf.tolist()}
 
 
 def evaluator_for(dataset):
