@@ -253,6 +253,40 @@ inline at::Tensor acc_vec(const c10::optional<at::Tensor>& t, at::ScalarType acc
   return t->to(acc).contiguous();
 }
 
+// The forward's checks of the statistics arguments (shared by batch_norm_act and its class-conditional
+// twin), and the mean/var outputs: empty, or the running statistics' copies in eval.
+inline void check_stats_args(const at::Tensor& x, const c10::optional<at::Tensor>& running_mean,
+                             const c10::optional<at::Tensor>& running_var, bool training, double eps) {
+  check_channel_tensor(running_mean, x, "running_mean");
+  check_channel_tensor(running_var, x, "running_var");
+  FASTGAN_CHECK_ARG(std::isfinite(eps) && eps >= 0, "eps", "expected a finite number >= 0, got ", eps);
+  const bool has_rm = running_mean.has_value() && running_mean->defined();
+  const bool has_rv = running_var.has_value() && running_var->defined();
+  FASTGAN_CHECK_ARG(training || (has_rm && has_rv), has_rm ? "running_var" : "running_mean",
+                    "running_mean and running_var are required when training=False");
+  const int64_t C = x.size(1);
+  const int64_t M = C ? x.numel() / C : 0;
+  FASTGAN_CHECK_ARG(!training || x.numel() == 0 || M > 1, "x",
+                    "expected more than 1 value per channel when training, got input of shape ", x.sizes());
+}
+
+inline std::pair<at::Tensor, at::Tensor> stats_outputs(const at::Tensor& x,
+                                                       const c10::optional<at::Tensor>& running_mean,
+                                                       const c10::optional<at::Tensor>& running_var,
+                                                       bool training) {
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  at::Tensor mean = at::empty({x.size(1)}, x.options().dtype(acc));
+  at::Tensor var = at::empty({x.size(1)}, x.options().dtype(acc));
+  if (!training) {
+    mean.copy_(*running_mean);
+    var.copy_(*running_var);
+  } else if (x.numel() == 0) {
+    mean.zero_();
+    var.zero_();
+  }
+  return {mean, var};
+}
+
 // Device-independent entry points. Kernels supplies:
 //   forward(xd, layout, training, w, b, mean, var, eps, y, act, alpha)
 //       training: writes the batch mean and biased var (acc dtype) into mean/var first;
@@ -269,30 +303,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
   const Act a = parse_act(act);
   check_channel_tensor(weight, x, "weight");
   check_channel_tensor(bias, x, "bias");
-  check_channel_tensor(running_mean, x, "running_mean");
-  check_channel_tensor(running_var, x, "running_var");
-  FASTGAN_CHECK_ARG(std::isfinite(eps) && eps >= 0, "eps", "expected a finite number >= 0, got ", eps);
-  const bool has_rm = running_mean.has_value() && running_mean->defined();
-  const bool has_rv = running_var.has_value() && running_var->defined();
-  FASTGAN_CHECK_ARG(training || (has_rm && has_rv), has_rm ? "running_var" : "running_mean",
-                    "running_mean and running_var are required when training=False");
-  const int64_t C = x.size(1);
-  const int64_t M = C ? x.numel() / C : 0;
-  FASTGAN_CHECK_ARG(!training || x.numel() == 0 || M > 1, "x",
-                    "expected more than 1 value per channel when training, got input of shape ",
-                    x.sizes());
+  check_stats_args(x, running_mean, running_var, training, eps);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
-  at::Tensor mean = at::empty({C}, x.options().dtype(acc));
-  at::Tensor var = at::empty({C}, x.options().dtype(acc));
+  auto [mean, var] = stats_outputs(x, running_mean, running_var, training);
   at::Tensor xd = make_dense(x);
   at::Tensor y = at::empty_like(xd);
-  if (!training) {
-    mean.copy_(*running_mean);
-    var.copy_(*running_var);
-  } else if (x.numel() == 0) {
-    mean.zero_();
-    var.zero_();
-  }
   if (x.numel() > 0) {
     Kernels::forward(xd, channel_layout(xd, 1), training, acc_vec(weight, acc), acc_vec(bias, acc), mean,
                      var, eps, y, a, a == Act::Relu ? 0.0 : alpha);
@@ -450,30 +465,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> class_forward_impl(
     double eps, const std::string& act, double alpha) {
   check_class_inputs(x, y, weight, bias);
   const Act a = parse_act(act);
-  check_channel_tensor(running_mean, x, "running_mean");
-  check_channel_tensor(running_var, x, "running_var");
-  FASTGAN_CHECK_ARG(std::isfinite(eps) && eps >= 0, "eps", "expected a finite number >= 0, got ", eps);
-  const bool has_rm = running_mean.has_value() && running_mean->defined();
-  const bool has_rv = running_var.has_value() && running_var->defined();
-  FASTGAN_CHECK_ARG(training || (has_rm && has_rv), has_rm ? "running_var" : "running_mean",
-                    "running_mean and running_var are required when training=False");
-  const int64_t C = x.size(1);
-  const int64_t M = C ? x.numel() / C : 0;
-  FASTGAN_CHECK_ARG(!training || x.numel() == 0 || M > 1, "x",
-                    "expected more than 1 value per channel when training, got input of shape ", x.sizes());
+  check_stats_args(x, running_mean, running_var, training, eps);
   check_labels_cpu(y, weight.size(0));
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
-  at::Tensor mean = at::empty({C}, x.options().dtype(acc));
-  at::Tensor var = at::empty({C}, x.options().dtype(acc));
+  auto [mean, var] = stats_outputs(x, running_mean, running_var, training);
   at::Tensor xd = sample_major(x);
   at::Tensor out = at::empty_like(xd);
-  if (!training) {
-    mean.copy_(*running_mean);
-    var.copy_(*running_var);
-  } else if (x.numel() == 0) {
-    mean.zero_();
-    var.zero_();
-  }
   if (x.numel() > 0) {
     Kernels::class_forward(xd, sample_layout(xd), training, y.contiguous(), weight.to(acc).contiguous(),
                            bias.to(acc).contiguous(), mean, var, eps, out, a, a == Act::Relu ? 0.0 : alpha);

@@ -83,38 +83,12 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
     False keeps x instead.
     """
     check_tensor(_FN, "x", x)
-    if x.dim() != 4:
-        raise ValueError(f"{_FN}: argument 'x' must be a 4-D tensor (N, C, H, W); got a {x.dim()}-D "
-                         f"tensor of shape {tuple(x.shape)}")
-    check_choice(_FN, "act", act, ACTS)
-    C = x.shape[1]
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
+    eps, momentum, M, update = _check_stats(_FN, x, act, running_mean, running_var, training, eps, momentum,
+                                            num_batches_tracked)
+    for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            check_tensor(_FN, name, t)
-            if t.dim() != 1 or t.shape[0] != C:
-                raise ValueError(f"{_FN}: argument '{name}' must have shape ({C},) (x has {C} channels); "
-                                 f"got shape {tuple(t.shape)}")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{_FN}: arguments 'running_mean' and 'running_var' must be given together")
-    if not training and running_mean is None:
-        raise ValueError(f"{_FN}: argument 'running_mean' is required when training=False "
-                         f"(eval uses the running statistics)")
+            _check_channels(_FN, name, t, x)
     alpha = float(alpha)
-    eps = float(eps)
-    if not eps >= 0:
-        raise ValueError(f"{_FN}: argument 'eps' must be >= 0, got {eps}")
-    M = x.numel() // C if C else 0
-    if training and x.numel() > 0 and M == 1:
-        raise ValueError(f"{_FN}: expected more than 1 value per channel when training, got input "
-                         f"(argument 'x') of shape {tuple(x.shape)}")
-    update = training and running_mean is not None
-    if update and momentum is None:
-        if num_batches_tracked is None:
-            raise ValueError(f"{_FN}: momentum=None (cumulative average) needs argument "
-                             f"'num_batches_tracked'")
-    elif momentum is not None:
-        momentum = float(momentum)
     keep_input = not memory_efficient
     y, mean, var = torch.ops.fastgan.batch_norm_act(x, weight, bias, running_mean, running_var, training,
                                                     eps, act, alpha, keep_input)
@@ -122,6 +96,47 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
         torch.ops.fastgan.batch_norm_act_update_stats_(running_mean, running_var, mean.detach(),
                                                        var.detach(), num_batches_tracked, momentum, M)
     return y
+
+
+def _check_channels(fn, name, t, x):
+    check_tensor(fn, name, t)
+    C = x.shape[1]
+    if t.dim() != 1 or t.shape[0] != C:
+        raise ValueError(f"{fn}: argument '{name}' must have shape ({C},) (x has {C} channels); "
+                         f"got shape {tuple(t.shape)}")
+
+
+def _check_stats(fn, x, act, running_mean, running_var, training, eps, momentum, num_batches_tracked):
+    """The checks shared by batch_norm_act and class_batch_norm_act (x, act, statistics, eps,
+    momentum) -> (eps, momentum, values per channel M, whether the running stats are updated)."""
+    if x.dim() != 4:
+        raise ValueError(f"{fn}: argument 'x' must be a 4-D tensor (N, C, H, W); got a {x.dim()}-D "
+                         f"tensor of shape {tuple(x.shape)}")
+    check_choice(fn, "act", act, ACTS)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None:
+            _check_channels(fn, name, t, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fn}: arguments 'running_mean' and 'running_var' must be given together")
+    if not training and running_mean is None:
+        raise ValueError(f"{fn}: argument 'running_mean' is required when training=False "
+                         f"(eval uses the running statistics)")
+    eps = float(eps)
+    if not eps >= 0:
+        raise ValueError(f"{fn}: argument 'eps' must be >= 0, got {eps}")
+    C = x.shape[1]
+    M = x.numel() // C if C else 0
+    if training and x.numel() > 0 and M == 1:
+        raise ValueError(f"{fn}: expected more than 1 value per channel when training, got input "
+                         f"(argument 'x') of shape {tuple(x.shape)}")
+    update = training and running_mean is not None
+    if update and momentum is None:
+        if num_batches_tracked is None:
+            raise ValueError(f"{fn}: momentum=None (cumulative average) needs argument "
+                             f"'num_batches_tracked'")
+    elif momentum is not None:
+        momentum = float(momentum)
+    return eps, momentum, M, update
 
 
 # ---- fake kernels (shapes, strides and dtypes for torch.compile) ---------------------------
@@ -294,10 +309,8 @@ def class_batch_norm_act(x, y, weight, bias, running_mean=None, running_var=None
     shared by the classes). act: linear, relu, lrelu (slope `alpha`).
     """
     check_tensor(_CFN, "x", x)
-    if x.dim() != 4:
-        raise ValueError(f"{_CFN}: argument 'x' must be a 4-D tensor (N, C, H, W); got a {x.dim()}-D "
-                         f"tensor of shape {tuple(x.shape)}")
-    check_choice(_CFN, "act", act, ACTS)
+    eps, momentum, M, update = _check_stats(_CFN, x, act, running_mean, running_var, training, eps, momentum,
+                                            num_batches_tracked)
     N, C = x.shape[0], x.shape[1]
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (N,):
         got = f"a {y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
@@ -311,30 +324,6 @@ def class_batch_norm_act(x, y, weight, bias, running_mean=None, running_var=None
     if bias.shape[0] != weight.shape[0]:
         raise ValueError(f"{_CFN}: argument 'bias' must have {weight.shape[0]} rows (the classes of 'weight'); "
                          f"got {bias.shape[0]}")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is not None:
-            check_tensor(_CFN, name, t)
-            if t.dim() != 1 or t.shape[0] != C:
-                raise ValueError(f"{_CFN}: argument '{name}' must have shape ({C},) (x has {C} channels); "
-                                 f"got shape {tuple(t.shape)}")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{_CFN}: arguments 'running_mean' and 'running_var' must be given together")
-    if not training and running_mean is None:
-        raise ValueError(f"{_CFN}: argument 'running_mean' is required when training=False "
-                         f"(eval uses the running statistics)")
-    eps = float(eps)
-    if not eps >= 0:
-        raise ValueError(f"{_CFN}: argument 'eps' must be >= 0, got {eps}")
-    M = x.numel() // C if C else 0
-    if training and x.numel() > 0 and M == 1:
-        raise ValueError(f"{_CFN}: expected more than 1 value per channel when training, got input "
-                         f"(argument 'x') of shape {tuple(x.shape)}")
-    update = training and running_mean is not None
-    if update and momentum is None:
-        if num_batches_tracked is None:
-            raise ValueError(f"{_CFN}: momentum=None (cumulative average) needs argument 'num_batches_tracked'")
-    elif momentum is not None:
-        momentum = float(momentum)
     out, mean, var = torch.ops.fastgan.class_batch_norm_act(x, y, weight, bias, running_mean, running_var,
                                                             training, eps, act, float(alpha))
     if update:
