@@ -37,6 +37,7 @@ def _cmd_selftest(args) -> int:
 
 
 CONDITIONAL = ("cmlp", "cdcgan")  # models trained with fastgan.objectives.Conditional
+AUTOENCODERS = ("aae", "vae")  # an encoder beside the DCGAN generator (the decoder)
 INFO_CODES = (10, 2)  # InfoGAN on digits: one 10-way categorical code, two continuous ones
 
 
@@ -100,7 +101,10 @@ def _cmd_train(args) -> int:
                            f"labelled arrays or class folders); --data {args.data} has no labels")
         classes = ds.num_classes
     torch.manual_seed(args.seed)  # the initial weights follow --seed too
-    image = model in ("dcgan", "cdcgan", "infogan")
+    if args.prior is not None and model != "aae":
+        raise CLIError(f"--prior is the adversarial autoencoder's latent prior; --model {model} has none "
+                       "(use --model aae, or drop --prior)")
+    image = model in ("dcgan", "cdcgan", "infogan", "aae", "vae")
     if image:
         if ds.kind != "image":
             raise CLIError(f"--model {model} needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "
@@ -108,13 +112,18 @@ def _cmd_train(args) -> int:
         size = _pick_size(ds.x.shape[-1], args.image_size)
         if ds.x.shape[-1] != size:
             ds.x = fdata.datasets._resize(ds.x, size)
-        z_dim = args.z_dim or (62 if model == "infogan" else 100)  # InfoGAN: 62 noise + the codes, as the paper
+        # InfoGAN: 62 noise + the codes, as the paper; the autoencoders: an 8-d code
+        z_dim = args.z_dim or {"infogan": 62, "aae": 8, "vae": 8}.get(model, 100)
         if model == "infogan":
             z_dim += sum(INFO_CODES)
         width = args.width or (32 if size <= 32 else 64)
         if model == "cdcgan":
             G = models.ConditionalDCGANGenerator(z_dim, ds.x.shape[1], size, width, classes)
             D = models.ProjectionDCGANDiscriminator(ds.x.shape[1], size, width, classes)
+        elif model in AUTOENCODERS:  # the decoder is the DCGAN generator; D (AAE) judges codes
+            G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
+            encoder = models.ConvEncoder(z_dim * (2 if model == "vae" else 1), ds.x.shape[1], size, width)
+            D = models.MLPDiscriminator(z_dim) if model == "aae" else None
         else:
             G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
             D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
@@ -138,6 +147,12 @@ def _cmd_train(args) -> int:
         from fastgan.objectives import InfoGAN, QHead
         from fastgan.models.dcgan import _widths
         objective = InfoGAN(QHead(_widths(size, width)[0] * 16, INFO_CODES[0], INFO_CODES[1]))
+    elif model == "aae":
+        from fastgan.objectives import AAE
+        objective = AAE(encoder, prior=args.prior or "gaussian")
+    elif model == "vae":
+        from fastgan.objectives import VAE
+        objective = VAE(encoder)
     steps = args.steps if args.steps is not None else (2000 if image else 3000)
     r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if image or args.gp_weight else 0.1)
     # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
@@ -224,7 +239,10 @@ def _cmd_sample(args) -> int:
     if not meta:
         raise CLIError(f"--checkpoint {path}: it does not record a fastgan.models architecture (a custom model); "
                        "sample with GANTrainer.sample in Python")
-    G, _ = models.build(meta["kind"], meta["generator"], meta["discriminator"])
+    if "generator_class" in meta:
+        G = models.build_generator(meta["generator_class"], meta["generator"])
+    else:  # checkpoints written before the generator's class was recorded
+        G, _ = models.build(meta["kind"], meta["generator"], meta["discriminator"])
     state = ck["ema"] if (ck.get("ema") is not None and not args.no_ema) else ck["generator"]
     G.load_state_dict(state)
     G.eval()
@@ -261,8 +279,11 @@ def _cmd_sample(args) -> int:
         cat = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
         z = code_input(z, classes, cfg["continuous"], cat)[0]
         classes = None
-    elif args.klass is not None and classes is None:
-        raise CLIError(f"--class: {path} holds an unconditional model ({meta['kind']}); drop --class")
+    elif cfg.get("objective") == "aae":  # decode draws of the prior the codes were matched to
+        from fastgan.objectives.aae import prior_from_normal
+        z = prior_from_normal(cfg["prior"], z)
+    if args.klass is not None and classes is None and cfg.get("objective") != "infogan":
+        raise CLIError(f"--class: {path} holds an unconditional model ({meta['kind'] or cfg.get('objective', 'gan')}); drop --class")
     inputs = [z]
     if classes is not None:  # one class, or every class in turn
         y = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
@@ -312,16 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
     pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
                     "CIFAR batches, .npy/.npz) (default: digits)")
-    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "mlp", "cmlp"), default=None,
+    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "mlp", "cmlp"), default=None,
                     help="dcgan for images, mlp for 2-D points; cdcgan / cmlp: their class-conditional versions "
                     "(the digit / the mode as label); infogan: a DCGAN with a 10-way categorical and 2 "
-                    "continuous codes (default: dcgan or mlp, from the data)")
+                    "continuous codes; aae: an adversarial autoencoder (--prior); vae: the variational "
+                    "autoencoder baseline (default: dcgan or mlp, from the data)")
+    pt.add_argument("--prior", choices=("gaussian", "mixture10", "ring"), default=None,
+                    help="aae: the latent prior the codes are matched to (default: gaussian)")
     pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
     pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
     pt.add_argument("--image-size", type=int, default=None, help="16, 32, 64 or 128 (default: 32 for digits)")
     pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128)")
-    pt.add_argument("--z-dim", type=int, default=None, help="noise size (default: 100 dcgan, 2 mlp)")
+    pt.add_argument("--z-dim", type=int, default=None,
+                    help="noise / code size (default: 100 dcgan, 62 + codes infogan, 8 aae and vae, 2 mlp)")
     pt.add_argument("--lr", type=float, default=None, help="Adam learning rate of both (default: 2e-4 dcgan, 1e-3 mlp)")
     pt.add_argument("--out", default=None, help="run folder (default: runs/<data>-<model>[-k])")
     pt.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")

@@ -229,7 +229,8 @@ def test_trainer_module_and_optimizer_messages():
     with pytest.raises(TypeError, match="^" + re.escape("GANTrainer: argument 'generator' must be an nn.Module, got str")):
         GANTrainer("G", d, z_dim=2)
     with pytest.raises(TypeError, match="^" + re.escape(
-            "GANTrainer: argument 'discriminator' must be an nn.Module, got function")):
+            "GANTrainer: argument 'discriminator' must be an nn.Module (or None for an objective without one, "
+            "as the VAE), got function")):
         GANTrainer(g, lambda x: x, z_dim=2)
     other = torch.optim.SGD(nn.Linear(1, 1).parameters(), 0.1)
     for name in ("g_optimizer", "d_optimizer"):
@@ -1259,8 +1260,8 @@ def test_progress_bar(capsys, monkeypatch):
     assert first.startswith("  0%|") and "0/2" in first
     rec = hist[-1]
     assert last.endswith("\n") and "2/2 [" in last and ("step/s" in last or "s/step" in last)   # leave=True, unit
-    post = (f"DGz={rec['d_fake']:.2f}, Dx={rec['d_real']:.2f}, d={rec['d_loss']:.3f}, g={rec['g_loss']:.3f}, "
-            f"img_s={rec['img_per_s']:.0f}]")                       # (tqdm sorts the postfix keys)
+    post = (f"d={rec['d_loss']:.3f}, g={rec['g_loss']:.3f}, Dx={rec['d_real']:.2f}, DGz={rec['d_fake']:.2f}, "
+            f"img_s={rec['img_per_s']:.0f}]")                       # the objective's order (GAN.progress)
     assert last.rstrip("\n").endswith(post)
     hist = t.fit(_data(), 3, 4, progress=True)                   # resumed: starts at 2 of 3
     err = capsys.readouterr().err
@@ -1595,8 +1596,12 @@ def test_state_dict_names_the_built_in_models():
     g, d = models.build("mlp", {"z_dim": 2, "out_dim": 2, "width": 8, "depth": 2},
                         {"in_dim": 2, "width": 8, "depth": 2})
     sd = GANTrainer(g, d, z_dim=2).state_dict()
-    assert sd["models"] == {"kind": "mlp", "generator": dict(g.config), "discriminator": dict(d.config)}
-    assert GANTrainer(g, nn.Linear(2, 1), z_dim=2).state_dict()["models"] is None   # not a pair
+    assert sd["models"] == {"kind": "mlp", "generator_class": "MLPGenerator", "generator": dict(g.config),
+                            "discriminator": dict(d.config)}
+    # not a registered pair: the generator is still named (fastgan sample rebuilds it), D is not
+    assert GANTrainer(g, nn.Linear(2, 1), z_dim=2).state_dict()["models"] == {
+        "kind": None, "generator_class": "MLPGenerator", "generator": dict(g.config)}
+    assert GANTrainer(nn.Linear(2, 2), d, z_dim=2).state_dict()["models"] is None   # a custom generator
 
 
 def test_two_processes_gather_rng_and_meet_at_the_end(monkeypatch):
@@ -1793,7 +1798,7 @@ def test_progress_bar_settings(monkeypatch):
             made.append(kw)
             super().__init__(disable=True, **kw)
 
-        def set_postfix(self, **kw):
+        def set_postfix(self, ordered_dict=None, **kw):
             posts.append(kw.pop("refresh", "missing"))
 
     monkeypatch.setattr(tqdm.auto, "tqdm", Bar)

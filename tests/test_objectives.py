@@ -370,7 +370,7 @@ def test_mixture_class_accuracy():
 
 def test_image_evaluator_per_class(monkeypatch):
     ev = metrics.ImageEvaluator.__new__(metrics.ImageEvaluator)
-    ev.num_classes, ev.mu, ev.sigma = 3, torch.zeros(2).numpy(), torch.eye(2).numpy()
+    ev.num_classes, ev.mu, ev.sigma, ev.edges = 3, torch.zeros(2).numpy(), torch.eye(2).numpy(), 0.5
     pred = torch.tensor([0, 1, 1, 2, 2, 0])
     monkeypatch.setattr(metrics, "_features", lambda net, x: (torch.randn(6, 2, dtype=DT).numpy(), pred))
     ev.net = None

@@ -1,5 +1,6 @@
-"""Ready-made GANs built from fastgan.nn: DCGAN for images, small MLPs for 2-D data, and their
-class-conditional versions."""
+"""Ready-made GANs built from fastgan.nn: DCGAN for images, small MLPs for 2-D data, their
+class-conditional versions, and the encoder of the autoencoders (AAE, VAE)."""
+from .autoencoder import ConvEncoder  # noqa: F401
 from .dcgan import DCGANDiscriminator, DCGANGenerator, IMAGE_SIZES, init_dcgan_  # noqa: F401
 from .conditional import (ConditionalDCGANGenerator, ConditionalMLPGenerator, ProjectionDCGANDiscriminator,  # noqa: F401
                           ProjectionHead, ProjectionMLPDiscriminator)
@@ -24,3 +25,14 @@ def kind_of(module) -> str:
         if isinstance(module, (G, D)):
             return name
     return None
+
+
+# generator classes by name: checkpoints record the generator's class, so `fastgan sample` can rebuild
+# the generator of any objective (the AAE's and the VAE's decoder is a DCGANGenerator beside an encoder)
+GENERATORS = {G.__name__: G for G, _ in REGISTRY.values()}
+
+
+def build_generator(cls_name: str, config: dict):
+    if cls_name not in GENERATORS:
+        raise ValueError(f"unknown generator class {cls_name!r}; expected one of {', '.join(GENERATORS)}")
+    return GENERATORS[cls_name](**config)

@@ -80,20 +80,7 @@ class DCGANDiscriminator(nn.Module):
         self.config = dict(channels=channels, image_size=image_size, width=width)
         self.fused, self.channels, self.image_size = fused, channels, image_size
         ws = _widths(image_size, width)[::-1]
-        blocks = []
-        for i, c in enumerate(ws):
-            cin = channels if i == 0 else ws[i - 1]
-            if i == 0:
-                layers = [("conv", nn.Conv2d(cin, c, 4, 2, 1, bias=True)),
-                          ("act", FusedLeakyReLU(0.2) if fused else nn.LeakyReLU(0.2))]
-            elif fused:
-                layers = [("conv", nn.Conv2d(cin, c, 4, 2, 1, bias=False)),
-                          ("bn", FusedBatchNormAct2d(c, activation="lrelu", negative_slope=0.2))]
-            else:
-                layers = [("conv", nn.Conv2d(cin, c, 4, 2, 1, bias=False)),
-                          ("bn", nn.BatchNorm2d(c)), ("act", nn.LeakyReLU(0.2))]
-            blocks.append(nn.Sequential(OrderedDict(layers)))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = down_blocks(channels, ws, fused)
         self.out = nn.Conv2d(ws[-1], 1, 4, 1, 0, bias=False)
         init_dcgan_(self)
 
@@ -106,6 +93,25 @@ class DCGANDiscriminator(nn.Module):
         h = self.blocks(x)
         logits = self.out(h).flatten()
         return (logits, h) if features else logits
+
+
+def down_blocks(channels: int, ws, fused: bool) -> nn.Sequential:
+    """DCGAN's discriminator body: Conv 4x4 stride 2 + LeakyReLU(0.2) (no BN), then (Conv 4x4 stride 2
+    without bias + BN + LeakyReLU(0.2)) blocks with widths `ws`, down to 4x4 (shared by D and encoders)."""
+    blocks = []
+    for i, c in enumerate(ws):
+        cin = channels if i == 0 else ws[i - 1]
+        if i == 0:
+            layers = [("conv", nn.Conv2d(cin, c, 4, 2, 1, bias=True)),
+                      ("act", FusedLeakyReLU(0.2) if fused else nn.LeakyReLU(0.2))]
+        elif fused:
+            layers = [("conv", nn.Conv2d(cin, c, 4, 2, 1, bias=False)),
+                      ("bn", FusedBatchNormAct2d(c, activation="lrelu", negative_slope=0.2))]
+        else:
+            layers = [("conv", nn.Conv2d(cin, c, 4, 2, 1, bias=False)),
+                      ("bn", nn.BatchNorm2d(c)), ("act", nn.LeakyReLU(0.2))]
+        blocks.append(nn.Sequential(OrderedDict(layers)))
+    return nn.Sequential(*blocks)
 
 
 @torch.no_grad()

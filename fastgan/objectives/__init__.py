@@ -4,3 +4,5 @@ from .base import Objective  # noqa: F401
 from .gan import GAN  # noqa: F401
 from .conditional import Conditional  # noqa: F401
 from .infogan import InfoGAN, QHead  # noqa: F401
+from .aae import AAE  # noqa: F401
+from .vae import VAE  # noqa: F401

@@ -52,6 +52,15 @@ class Objective:
         """The stats that appear in the log (default: all)."""
         return self.stats
 
+    def progress(self, t) -> list:
+        """What the progress line shows: (stat, label, format) for up to four logged stats."""
+        return [(k, k, ".3f") for k in self.logged(t)[:4]]
+
+    def evaluate(self, t, data, out_dir) -> dict:
+        """Metrics beyond the samples' (which the trainer's evaluator scores), e.g. the AAE's latent
+        statistics; may write pictures into out_dir. Called on rank 0 at each evaluation."""
+        return {}
+
     def reals_per_step(self, t) -> int:
         """Batches of real data one step consumes (for the images/s figure)."""
         return 1

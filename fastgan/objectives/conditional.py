@@ -38,7 +38,7 @@ class Conditional(GAN):
             raise ValueError(f"GANTrainer.fit: the labels of argument 'data' must lie in [0, {self.num_classes}) "
                              f"for this objective, got [{int(y.min())}, {int(y.max())}]")
 
-    def split(self, batch):
+    def split(self, t, batch):
         return batch
 
     def fake(self, t, n, y):

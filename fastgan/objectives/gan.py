@@ -28,11 +28,15 @@ class GAN(Objective):
             drop.add("gp")
         return tuple(s for s in self.stats if s not in drop)
 
+    def progress(self, t):
+        return [("d_loss", "d", ".3f"), ("g_loss", "g", ".3f"), ("d_real", "D(x)", ".2f"),
+                ("d_fake", "D(G(z))", ".2f")]
+
     def reals_per_step(self, t):
         return t.d_steps
 
     # ---- hooks the variants of the same game override -----------------------------------
-    def split(self, batch):
+    def split(self, t, batch):
         """A batch -> (real samples, extra inputs shared by G and D for this batch)."""
         return batch, None
 
@@ -56,7 +60,7 @@ class GAN(Objective):
         r1 = gp = zero
         fake = real = cond = fcond = None
         for i in range(t.d_steps):
-            real, cond = self.split(next(batches))
+            real, cond = self.split(t, next(batches))
             n = real.shape[0]
             last = i == t.d_steps - 1
             do_r1 = t.r1_gamma > 0 and t.step % t.r1_every == 0

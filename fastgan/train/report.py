@@ -49,6 +49,35 @@ def save_points(points: torch.Tensor, path: str, modes=None, title: str = ""):
     plt.close(fig)
 
 
+def save_latent(codes: torch.Tensor, labels, prior: torch.Tensor, path: str, title: str = ""):
+    """Dims 0 and 1 of latent codes, coloured by class (when labels are given), over prior samples
+    in grey: how well an autoencoder's code distribution matches its prior."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c, p = codes.detach().float().cpu(), prior.detach().float().cpu()
+    if c.shape[1] < 2:  # a 1-D code: plot it against zero
+        c, p = (torch.cat([t, torch.zeros_like(t)], 1) for t in (c, p))
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(p[:, 0], p[:, 1], s=2, c="0.75", label="prior")
+    if labels is None:
+        ax.scatter(c[:, 0], c[:, 1], s=3, c="tab:blue", label="codes")
+    else:
+        sc = ax.scatter(c[:, 0], c[:, 1], s=3, c=torch.as_tensor(labels).cpu().numpy(), cmap="tab10",
+                        vmin=-0.5, vmax=9.5)
+        fig.colorbar(sc, ax=ax, ticks=range(10), fraction=0.046, label="class")
+    lim = float(torch.cat([c[:, :2], p[:, :2]]).abs().quantile(0.995)) * 1.1 + 1e-6
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect(1.0)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("z_0")
+    ax.set_ylabel("z_1")
+    fig.tight_layout()
+    _atomic_save(lambda q: fig.savefig(q, format="png"), path)
+    plt.close(fig)
+
+
 def save_samples(x: torch.Tensor, path: str, modes=None, title: str = ""):
     if x.dim() == 4:
         save_image_grid(x, path)
@@ -56,26 +85,36 @@ def save_samples(x: torch.Tensor, path: str, modes=None, title: str = ""):
         save_points(x, path, modes, title)
 
 
+#: the loss curves plotted in the first panel, when logged: (key, label)
+LOSS_CURVES = (("d_loss", "D loss"), ("g_loss", "G loss"), ("recon", "reconstruction"), ("kl", "KL"),
+               ("info", "L_I (InfoGAN)"))
+
+
 def plot_curves(history, path: str):
-    """Losses, D(x) / D(G(z)) and the sample metric against the step, one panel each."""
+    """Losses, D(x) / D(G(z)) (when there is a D) and the sample metric against the step, one panel each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    logs = [r for r in history if "d_loss" in r]
+    logs = [r for r in history if "s_per_step" in r or "d_loss" in r]
     evals = [r for r in history if "eval" in r]
     metric = next((k for k in ("fd", "modes") if evals and k in evals[-1]["eval"]), None)
-    fig, axes = plt.subplots(1, 3 if metric else 2, figsize=(12 if metric else 8, 3.2), dpi=100)
+    has_d = any("d_real" in r for r in logs)
+    n = 1 + has_d + bool(metric)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), dpi=100)
+    axes = list(axes) if n > 1 else [axes]
     s = [r["step"] for r in logs]
-    axes[0].plot(s, [r["d_loss"] for r in logs], label="D loss")
-    axes[0].plot(s, [r["g_loss"] for r in logs], label="G loss")
+    for key, label in LOSS_CURVES:
+        if logs and key in logs[-1]:
+            axes[0].plot(s, [r[key] for r in logs], label=label)
     axes[0].set_title("losses")
-    axes[1].plot(s, [r["d_real"] for r in logs], label="D(x)")
-    axes[1].plot(s, [r["d_fake"] for r in logs], label="D(G(z))")
-    axes[1].set_ylim(0, 1)
-    axes[1].set_title("discriminator outputs (sigmoid)")
+    if has_d:
+        axes[1].plot(s, [r["d_real"] for r in logs], label="D(x)")
+        axes[1].plot(s, [r["d_fake"] for r in logs], label="D(G(z))")
+        axes[1].set_ylim(0, 1)
+        axes[1].set_title("discriminator outputs (sigmoid)")
     if metric:
-        axes[2].plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], marker="o")
-        axes[2].set_title({"fd": "Fréchet distance (classifier features)", "modes": "modes covered"}[metric])
+        axes[-1].plot([r["step"] for r in evals], [r["eval"][metric] for r in evals], marker="o")
+        axes[-1].set_title({"fd": "Fréchet distance (classifier features)", "modes": "modes covered"}[metric])
     for ax in axes:
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -68,9 +69,9 @@ class GANTrainer:
         self.objective = objective
         if not isinstance(generator, nn.Module):
             raise TypeError(f"GANTrainer: argument 'generator' must be an nn.Module, got {type(generator).__name__}")
-        if not isinstance(discriminator, nn.Module):
-            raise TypeError("GANTrainer: argument 'discriminator' must be an nn.Module, "
-                            f"got {type(discriminator).__name__}")
+        if discriminator is not None and not isinstance(discriminator, nn.Module):
+            raise TypeError("GANTrainer: argument 'discriminator' must be an nn.Module (or None for an objective "
+                            f"without one, as the VAE), got {type(discriminator).__name__}")
         if loss not in LOSS_KINDS:
             raise ValueError(f"GANTrainer: argument 'loss' must be one of {', '.join(LOSS_KINDS)}; got {loss!r}")
         _check_pos("z_dim", z_dim)
@@ -134,9 +135,9 @@ class GANTrainer:
                 raise ValueError(f"GANTrainer: the objective's network {name!r} must be an nn.Module with "
                                  "a name other than generator/discriminator")
         nets = {"generator": generator, "discriminator": discriminator, **extra}
-        self.nets = {name: m.to(self.device) for name, m in nets.items()}
-        self.generator, self.discriminator = self.nets["generator"], self.nets["discriminator"]
-        conv = any(p.dim() == 4 for p in discriminator.parameters())
+        self.nets = {name: m.to(self.device) for name, m in nets.items() if m is not None}
+        self.generator, self.discriminator = self.nets["generator"], self.nets.get("discriminator")
+        conv = any(p.dim() == 4 for name, m in self.nets.items() if name != "generator" for p in m.parameters())
         self.channels_last = (self.device.type == "cuda" and conv) if channels_last is None else bool(channels_last)
         if self.channels_last:
             for m in self.nets.values():
@@ -163,7 +164,7 @@ class GANTrainer:
         if compile:
             wrapped = {name: torch.compile(m) for name, m in wrapped.items()}
         self._nets = wrapped
-        self._G, self._D = wrapped["generator"], wrapped["discriminator"]
+        self._G, self._D = wrapped["generator"], wrapped.get("discriminator")
 
         # ---- AMP
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
@@ -316,6 +317,7 @@ class GANTrainer:
             with torch.random.fork_rng(devices=[]):  # building it must not move the training RNGs
                 evaluator = evaluator_for(data)
         self._modes = getattr(data, "modes", None)
+        self._data = data  # for the objective's own evaluation (Objective.evaluate)
         self.objective.check_data(data)
         batches = make_batches(data, batch_size, device=self.device, channels_last=self.channels_last,
                                seed=self.seed, rank=self.rank, world=self.world, state=self._data_state,
@@ -343,14 +345,14 @@ class GANTrainer:
                 if self.step % log_every == 0 or final:
                     rec = self._log(batch_size, t0, n0)
                     t0, n0 = time.perf_counter(), self.step
+                    shown = [(label, f"{rec[k]:{fmt}}") for k, label, fmt in self.objective.progress(self)
+                             if rec and k in rec]
                     if bar is not None and rec:
-                        bar.set_postfix(d=f"{rec['d_loss']:.3f}", g=f"{rec['g_loss']:.3f}",
-                                        Dx=f"{rec['d_real']:.2f}", DGz=f"{rec['d_fake']:.2f}",
-                                        img_s=f"{rec['img_per_s']:.0f}", refresh=False)
+                        post = {re.sub(r"\W", "", a): b for a, b in shown}  # D(x) -> Dx
+                        bar.set_postfix(dict(post, img_s=f"{rec['img_per_s']:.0f}"), refresh=False)
                     elif lines and rec:
-                        print(f"step {rec['step']}/{lines}  d {rec['d_loss']:.3f}  g {rec['g_loss']:.3f}  "
-                              f"D(x) {rec['d_real']:.2f}  D(G(z)) {rec['d_fake']:.2f}  "
-                              f"{rec['img_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+                        print(f"step {rec['step']}/{lines}  " + "  ".join(f"{a} {b}" for a, b in shown) +
+                              f"  {rec['img_per_s']:.0f} img/s", file=sys.stderr, flush=True)
                 if out_dir and (self.step % sample_every == 0 or final):
                     self._check_finite()
                     self._samples_and_eval(out_dir, evaluator)
@@ -412,6 +414,11 @@ class GANTrainer:
                 save_samples(many, os.path.join(out_dir, "samples.png"), self._modes,
                              title=f"step {self.step}")
             res = evaluator(many) if y is None else evaluator(many, labels=y)
+        else:
+            res = {}
+        with torch.random.fork_rng(devices=[]):  # the objective's metrics must not move the training RNGs
+            res.update(self.objective.evaluate(self, self._data, out_dir))
+        if evaluator is not None or res:
             self._record({"step": self.step, "eval": res})
         plot_curves(self.history, os.path.join(out_dir, "curves.png"))
 
@@ -474,7 +481,7 @@ class GANTrainer:
         data order and every RNG, as tensors and plain data."""
         from .. import models
         kind = models.kind_of(self.generator)
-        if kind != models.kind_of(self.discriminator):
+        if self.discriminator is None or kind != models.kind_of(self.discriminator):
             kind = None
         rng = _rng_state()
         if self.world > 1:
@@ -485,9 +492,11 @@ class GANTrainer:
             rng = [rng]
         return {
             "format": ckpt.FORMAT, "version": ckpt.VERSION, "step": self.step,
-            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+            "generator": self.generator.state_dict(),
+            "discriminator": None if self.discriminator is None else self.discriminator.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "opt_g": None if self.opt_g is None else self.opt_g.state_dict(),
+            "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
             "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
             "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict(),
             # what an objective adds: its networks, the optimisers/scalers of its other players, its state
@@ -497,8 +506,7 @@ class GANTrainer:
             "objective": self.objective.state_dict(),
             "rng": rng, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
             "history": self.history, "config": self.config, "world": self.world,
-            "models": None if kind is None else {"kind": kind, "generator": dict(self.generator.config),
-                                                 "discriminator": dict(self.discriminator.config)},
+            "models": _models_meta(kind, self.generator, self.discriminator),
             "torch": str(torch.__version__),
         }
 
@@ -530,11 +538,13 @@ class GANTrainer:
     def load_state_dict(self, ck: dict, source: str = "checkpoint"):
         try:
             self.generator.load_state_dict(ck["generator"])
-            self.discriminator.load_state_dict(ck["discriminator"])
+            if self.discriminator is not None:
+                self.discriminator.load_state_dict(ck["discriminator"])
             if self.ema is not None:
                 self.ema.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["generator"])
-            self.opt_g.load_state_dict(ck["opt_g"])
-            self.opt_d.load_state_dict(ck["opt_d"])
+            for k, o in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+                if o is not None:
+                    o.load_state_dict(ck[k])
             for k, m in self.nets.items():
                 if k not in ("generator", "discriminator"):
                     m.load_state_dict(ck["nets"][k])
@@ -545,12 +555,10 @@ class GANTrainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"{source}: does not fit this trainer's models/optimizers: "
                                        f"{str(e).splitlines()[0]}") from None
-        if self.scaler_g is not None and ck.get("scaler_g"):
-            self.scaler_g.load_state_dict(ck["scaler_g"])
-            self.scaler_d.load_state_dict(ck["scaler_d"])
-            for k, sc in self.scalers.items():
-                if k not in ("g", "d") and k in (ck.get("scalers") or {}):
-                    sc.load_state_dict(ck["scalers"][k])
+        for k, sc in self.scalers.items():
+            saved = ck.get(f"scaler_{k}") if k in ("g", "d") else (ck.get("scalers") or {}).get(k)
+            if saved:
+                sc.load_state_dict(saved)
         self.step = int(ck["step"])
         self.history = list(ck.get("history") or [])
         self._data_state = ck.get("data")
@@ -565,6 +573,18 @@ class GANTrainer:
         self._bad.fill_(-1)
         self._sums.zero_()
         self._count = 0
+
+
+def _models_meta(kind, generator, discriminator):
+    """What `fastgan sample` needs to rebuild the generator (fastgan.models only): the generator's class
+    and config, and for a registered G/D pair its kind and D's config (older checkpoints: kind only)."""
+    from .. import models
+    if type(generator).__name__ not in models.GENERATORS or not hasattr(generator, "config"):
+        return None
+    meta = {"kind": kind, "generator_class": type(generator).__name__, "generator": dict(generator.config)}
+    if kind is not None:
+        meta["discriminator"] = dict(discriminator.config)
+    return meta
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,79 @@
+"""Variational autoencoder (Kingma & Welling 2014), the baseline GANs are compared with: maximise
+the evidence lower bound, i.e. minimise per sample
+
+    -ELBO = E_q(z|x)[ ||x - Dec(z)||^2 / (2 sigma^2) ] + KL(N(mu, diag s^2) || N(0, I)) (+ const)
+
+with (mu, log s^2) = E(x), z = mu + s * eps (the reparameterisation), a Gaussian decoder of fixed
+std `sigma` (in the data's [-1, 1] units) and one sample of eps per step. No discriminator: the
+trainer's generator is the decoder (samples: Dec(z), z ~ N(0, I)), the objective adds the encoder,
+and one player ("g") updates both."""
+import torch
+from torch import nn
+
+from .base import Objective
+from .gan import acc
+
+
+class VAE(Objective):
+    """encoder: images -> (N, 2 z_dim) = (mu, log variance) (fastgan.models.ConvEncoder(2 * z_dim));
+    pass discriminator=None to GANTrainer."""
+
+    stats = ("loss", "recon", "kl")
+
+    def __init__(self, encoder: nn.Module, sigma: float = 0.1):
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"VAE: argument 'encoder' must be an nn.Module, got {type(encoder).__name__}")
+        if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0):
+            raise ValueError(f"VAE: argument 'sigma' must be a number > 0, got {sigma!r}")
+        self.encoder, self.sigma = encoder, float(sigma)
+
+    def networks(self):
+        return {"encoder": self.encoder}
+
+    def players(self):
+        return {"g": ("encoder", "generator")}
+
+    def bind(self, t):
+        if t.discriminator is not None:
+            raise ValueError("GANTrainer: the VAE has no discriminator: pass discriminator=None")
+        out = getattr(self.encoder, "out_dim", None)
+        if out is not None and out != 2 * t.z_dim:
+            raise ValueError(f"GANTrainer: the VAE's encoder must output 2 * z_dim = {2 * t.z_dim} dims "
+                             f"(mean and log variance), it outputs {out}")
+
+    def config(self):
+        return {"objective": "vae", "sigma": self.sigma}
+
+    def progress(self, t):
+        return [("loss", "-elbo", ".2f"), ("recon", "recon", ".2f"), ("kl", "kl", ".2f")]
+
+    def losses(self, x, rec, mu, logvar):
+        """(-ELBO, reconstruction term, KL), each averaged over the batch (nats, up to a constant)."""
+        recon = ((acc(x) - acc(rec)) ** 2).flatten(1).sum(1).mean() / (2 * self.sigma ** 2)
+        mu, logvar = acc(mu), acc(logvar)
+        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1).mean()
+        return recon + kl, recon, kl
+
+    def step(self, t, batches):
+        x = next(batches)
+        eps = t.noise(x.shape[0])
+        with t.autocast():
+            mu, logvar = t.net("encoder")(x).chunk(2, 1)
+            z = mu + (0.5 * logvar).exp() * eps
+            rec = t.net("generator")(z)
+        loss, recon, kl = self.losses(x, rec, mu, logvar)
+        t.update("g", loss)
+        return {"loss": loss, "recon": recon, "kl": kl}
+
+    def evaluate(self, t, data, out_dir):
+        """The posterior means of the data against the prior N(0, I): MMD^2, and latent.png."""
+        from ..train.metrics import mmd2
+        from ..train.report import save_latent
+        from .aae import encode_data
+        mu, y = encode_data(t, data, lambda h: h[:, :h.shape[1] // 2])
+        g = torch.Generator().manual_seed(t.seed + 11)
+        p1, p2 = torch.randn(mu.shape, generator=g), torch.randn(mu.shape, generator=g)
+        if out_dir:
+            save_latent(mu, y, p1, f"{out_dir}/latent.png",
+                        title=f"step {t.step}: posterior means of the data (colour: class) on N(0, I)")
+        return {"latent_mmd": mmd2(mu, p1), "latent_mmd_floor": mmd2(p2, p1)}
