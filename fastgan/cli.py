@@ -154,7 +154,9 @@ def _cmd_train(args) -> int:
         from fastgan.objectives import VAE
         objective = VAE(encoder)
     steps = args.steps if args.steps is not None else (2000 if image else 3000)
-    r1 = args.r1_gamma if args.r1_gamma is not None else (0.0 if image or args.gp_weight else 0.1)
+    # R1: the MLP GANs (0.1) and the AAE's latent game (1.0, on the prior draws: steadier code matching)
+    r1 = args.r1_gamma if args.r1_gamma is not None else (
+        0.0 if args.gp_weight else 1.0 if model == "aae" else 0.0 if image else 0.1)
     # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if image or model == "cmlp" else 0.0)
     ema = ema or None
@@ -356,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--checkpoint-every", type=int, default=500)
     pt.add_argument("--sample-every", type=int, default=250, help="samples, metric and curves every K steps")
     pt.add_argument("--log-every", type=int, default=25)
-    pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, off dcgan)")
+    pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, 1 aae, off dcgan)")
     pt.add_argument("--r1-every", type=int, default=1, help="lazy R1: every K steps, scaled by K")
     pt.add_argument("--gp-weight", type=float, default=0.0, help="WGAN-GP weight (0: off)")
     pt.add_argument("--d-steps", type=int, default=1, help="discriminator updates per generator update")

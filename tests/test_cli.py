@@ -241,3 +241,55 @@ def test_train_quiet_prints_only_the_summary(tmp_path, capsys):
     rc, o, e = run_cli([*argv[:-1], out + "2"], capsys)                  # not quiet, stderr not a terminal
     assert rc == 0 and o.startswith("fastgan: training mlp on ring8")
     assert [ln.split()[1] for ln in e.splitlines()] == ["1/4", "2/4", "3/4", "4/4"] and "\r" not in e
+
+
+VARIANTS_DDP_SCRIPT = r'''
+import sys, torch
+torch.set_num_threads(1)
+from fastgan import models
+from fastgan.data import load_dataset
+from fastgan.objectives import AAE, VAE, Conditional, InfoGAN, QHead
+from fastgan.train import GANTrainer
+out, ds = sys.argv[1], load_dataset("digits", 16)
+builds = {
+    "cdcgan": lambda: (models.ConditionalDCGANGenerator(8, 1, 16, 4, 10), models.ProjectionDCGANDiscriminator(1, 16, 4, 10),
+                       8, {}, Conditional(10)),
+    "infogan": lambda: (models.DCGANGenerator(8 + 12, 1, 16, 4), models.DCGANDiscriminator(1, 16, 4), 20, {},
+                        InfoGAN(QHead(4 * 2 * 16, 10, 2, hidden=8))),
+    "aae": lambda: (models.DCGANGenerator(4, 1, 16, 4), models.MLPDiscriminator(4, 8, 2), 4, {"r1_gamma": 1.0},
+                    AAE(models.ConvEncoder(4, 1, 16, 4), prior="ring")),
+    "vae": lambda: (models.DCGANGenerator(4, 1, 16, 4), None, 4, {}, VAE(models.ConvEncoder(8, 1, 16, 4))),
+}
+res = {}
+for name, build in builds.items():
+    torch.manual_seed(0)
+    G, D, z, kw, obj = build()
+    t = GANTrainer(G, D, z_dim=z, objective=obj, ema_decay=0.9, **kw)
+    t.fit(ds, 3, 8, out_dir=f"{out}/{name}", sample_every=3, checkpoint_every=3, log_every=1, progress=False)
+    res[name] = {k: m.state_dict() for k, m in t.nets.items()}
+    res[name + "/world"] = t.world
+torch.save(res, f"{out}/variants{t.rank}.pt")
+'''
+
+
+def test_ddp_two_processes_every_objective(tmp_path):
+    """cdcgan, InfoGAN, the AAE and the VAE under torchrun (2 gloo processes): every network the
+    objective adds is DDP-wrapped (identical weights on both ranks), rank 0 checkpoints the run."""
+    script = tmp_path / "ddp_variants.py"
+    script.write_text(VARIANTS_DDP_SCRIPT)
+    port = str(29500 + random.Random(os.getpid() + 1).randrange(2000))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                        str(script), str(tmp_path)], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"variants{r}.pt") for r in (0, 1))
+    nets = {"cdcgan": {"generator", "discriminator"}, "infogan": {"generator", "discriminator", "q"},
+            "aae": {"generator", "discriminator", "encoder"}, "vae": {"generator", "encoder"}}
+    for name, want in nets.items():
+        assert r0[name + "/world"] == 2 and set(r0[name]) == want, name
+        for net in want:
+            for k, v in r0[name][net].items():
+                if "running_" not in k and "num_batches" not in k:
+                    assert torch.equal(v, r1[name][net][k]), (name, net, k)
+        ck = ckpt.read(ckpt.path_for(str(tmp_path / name / "checkpoints"), 3))
+        assert ck["world"] == 2 and set(ck["nets"]) == want - {"generator", "discriminator"}, name

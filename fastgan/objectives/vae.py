@@ -6,7 +6,15 @@ the evidence lower bound, i.e. minimise per sample
 with (mu, log s^2) = E(x), z = mu + s * eps (the reparameterisation), a Gaussian decoder of fixed
 std `sigma` (in the data's [-1, 1] units) and one sample of eps per step. No discriminator: the
 trainer's generator is the decoder (samples: Dec(z), z ~ N(0, I)), the objective adds the encoder,
-and one player ("g") updates both."""
+and one player ("g") updates both.
+
+The decoder's BatchNorm running statistics come from prior draws, the inputs sampling gives it,
+not from the posterior draws it is trained on: a no-grad pass on z ~ N(0, I) each step (the
+training pass leaves them alone). With posterior statistics, samples from the prior are decoded
+with the wrong normalisation (measured on digits, sigma 0.1: Fréchet distance 3300 against 366
+with the statistics re-estimated on prior draws)."""
+import contextlib
+
 import torch
 from torch import nn
 
@@ -16,11 +24,13 @@ from .gan import acc
 
 class VAE(Objective):
     """encoder: images -> (N, 2 z_dim) = (mu, log variance) (fastgan.models.ConvEncoder(2 * z_dim));
-    pass discriminator=None to GANTrainer."""
+    pass discriminator=None to GANTrainer. sigma 0.5 by default: on digits (8-d code, 500 steps)
+    sigma 0.1 / 0.3 / 0.5 measured Fréchet distances 336 / 245 / 161; a larger sigma gives wider
+    posteriors and fewer holes between the data's codes, where prior draws decode to non-digits."""
 
     stats = ("loss", "recon", "kl")
 
-    def __init__(self, encoder: nn.Module, sigma: float = 0.1):
+    def __init__(self, encoder: nn.Module, sigma: float = 0.5):
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"VAE: argument 'encoder' must be an nn.Module, got {type(encoder).__name__}")
         if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0):
@@ -57,12 +67,16 @@ class VAE(Objective):
     def step(self, t, batches):
         x = next(batches)
         eps = t.noise(x.shape[0])
+        dec = t.net("generator")
         with t.autocast():
             mu, logvar = t.net("encoder")(x).chunk(2, 1)
             z = mu + (0.5 * logvar).exp() * eps
-            rec = t.net("generator")(z)
+            with running_stats_kept(t.nets["generator"]):
+                rec = dec(z)
         loss, recon, kl = self.losses(x, rec, mu, logvar)
         t.update("g", loss)
+        with torch.no_grad(), t.autocast():  # the decoder's running statistics: from prior draws
+            dec(t.noise(x.shape[0]))
         return {"loss": loss, "recon": recon, "kl": kl}
 
     def evaluate(self, t, data, out_dir):
@@ -77,3 +91,18 @@ class VAE(Objective):
             save_latent(mu, y, p1, f"{out_dir}/latent.png",
                         title=f"step {t.step}: posterior means of the data (colour: class) on N(0, I)")
         return {"latent_mmd": mmd2(mu, p1), "latent_mmd_floor": mmd2(p2, p1)}
+
+
+@contextlib.contextmanager
+def running_stats_kept(module: nn.Module):
+    """BatchNorm layers in `module` normalise with batch statistics but leave their running
+    statistics unchanged (momentum 0) inside the block."""
+    bns = [m for m in module.modules() if getattr(m, "running_mean", None) is not None and hasattr(m, "momentum")]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, v in zip(bns, saved):
+            m.momentum = v
