@@ -9,6 +9,7 @@ WGAN-GP) whose real samples are prior draws and whose generator is the encoder. 
 "generator" is the decoder (samples: Dec(z), z ~ p), its "discriminator" the latent critic, and the
 objective adds the "encoder". Any prior that can be sampled works: the named ones map a standard
 normal draw to the prior deterministically (so fixed noise gives fixed samples)."""
+import itertools
 import math
 
 import torch
@@ -122,7 +123,7 @@ class AAE(GAN):
         recon = F.mse_loss(acc(rec), acc(x))
         t.update("ae", recon)
         first = [x]  # the regularisation phase starts on the same batch (as the paper's per-batch phases)
-        out = super().step(t, _chain(first, batches))
+        out = super().step(t, itertools.chain(first, batches))
         out["recon"] = recon
         return out
 
@@ -130,21 +131,21 @@ class AAE(GAN):
         return generator(prior_from_normal(self.prior, z))
 
     def evaluate(self, t, data, out_dir):
-        """The latent codes of the data against the prior: MMD^2 (and the MMD^2 of a second prior
-        sample, the value a perfect match would show at this sample size), and latent.png."""
-        from ..train.metrics import mmd2
-        from ..train.report import save_latent
-        codes, y = encode_data(t, data, lambda h: h)
-        g = torch.Generator().manual_seed(t.seed + 11)
-        p1 = prior_from_normal(self.prior, torch.randn(codes.shape, generator=g))
-        p2 = prior_from_normal(self.prior, torch.randn(codes.shape, generator=g))
-        res = {"latent_mmd": mmd2(codes, p1), "latent_mmd_floor": mmd2(p2, p1)}
-        if out_dir:
-            save_latent(codes, y, p1, f"{out_dir}/latent.png",
-                        title=f"step {t.step}: codes of the data (colour: class) on the {self.prior} prior")
-        return res
+        """The codes of the data against the prior (latent_report)."""
+        return latent_report(t, data, out_dir, lambda h: h, lambda z: prior_from_normal(self.prior, z),
+                             f"codes of the data (colour: class) on the {self.prior} prior")
 
 
-def _chain(first, rest):
-    yield from first
-    yield from rest
+def latent_report(t, data, out_dir, code_fn, prior_fn, what: str) -> dict:
+    """An autoencoder's codes (code_fn of the encoder's output, for the data) against its prior
+    (prior_fn of normal draws): MMD^2, and the MMD^2 of a second prior sample (what a perfect match
+    shows at this sample size); with out_dir, latent.png."""
+    from ..train.metrics import mmd2
+    from ..train.report import save_latent
+    codes, y = encode_data(t, data, code_fn)
+    g = torch.Generator().manual_seed(t.seed + 11)
+    p1 = prior_fn(torch.randn(codes.shape, generator=g))
+    p2 = prior_fn(torch.randn(codes.shape, generator=g))
+    if out_dir:
+        save_latent(codes, y, p1, f"{out_dir}/latent.png", title=f"step {t.step}: {what}")
+    return {"latent_mmd": mmd2(codes, p1), "latent_mmd_floor": mmd2(p2, p1)}

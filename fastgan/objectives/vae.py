@@ -80,17 +80,10 @@ class VAE(Objective):
         return {"loss": loss, "recon": recon, "kl": kl}
 
     def evaluate(self, t, data, out_dir):
-        """The posterior means of the data against the prior N(0, I): MMD^2, and latent.png."""
-        from ..train.metrics import mmd2
-        from ..train.report import save_latent
-        from .aae import encode_data
-        mu, y = encode_data(t, data, lambda h: h[:, :h.shape[1] // 2])
-        g = torch.Generator().manual_seed(t.seed + 11)
-        p1, p2 = torch.randn(mu.shape, generator=g), torch.randn(mu.shape, generator=g)
-        if out_dir:
-            save_latent(mu, y, p1, f"{out_dir}/latent.png",
-                        title=f"step {t.step}: posterior means of the data (colour: class) on N(0, I)")
-        return {"latent_mmd": mmd2(mu, p1), "latent_mmd_floor": mmd2(p2, p1)}
+        """The posterior means of the data against the prior N(0, I) (aae.latent_report)."""
+        from .aae import latent_report
+        return latent_report(t, data, out_dir, lambda h: h[:, :h.shape[1] // 2], lambda z: z,
+                             "posterior means of the data (colour: class) on N(0, I)")
 
 
 @contextlib.contextmanager
