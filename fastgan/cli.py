@@ -248,14 +248,19 @@ def _cmd_sample(args) -> int:
     state = ck["ema"] if (ck.get("ema") is not None and not args.no_ema) else ck["generator"]
     G.load_state_dict(state)
     G.eval()
+    classes = getattr(G, "num_classes", None)
+    cfg = ck.get("config") or {}
+    labelled = classes or (cfg["categories"] if cfg.get("objective") == "infogan" else None)
+    if args.n is None:  # a full grid: 8 per class (or code), one row each
+        args.n = 8 * labelled if labelled and args.klass is None else 64
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
+    # every class in turn: one row per class (the last rows short when --n is not a multiple)
+    cols = -(-args.n // labelled) if labelled and args.klass is None else None
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, ck["config"]["z_dim"], generator=g)
-    classes = getattr(G, "num_classes", None)
     if args.klass is not None and classes is not None and not 0 <= args.klass < classes:
         raise CLIError(f"--class must be in [0, {classes}) for this model, got {args.klass}")
-    cfg = ck.get("config") or {}
     if args.sweep is not None and cfg.get("objective") != "infogan":
         raise CLIError(f"--sweep: {path} holds no InfoGAN (only InfoGAN has continuous codes); drop --sweep")
     if cfg.get("objective") == "infogan" and args.sweep is not None:  # categories x a continuous code
@@ -278,7 +283,7 @@ def _cmd_sample(args) -> int:
         classes = cfg["categories"]
         if args.klass is not None and not 0 <= args.klass < classes:
             raise CLIError(f"--class must be in [0, {classes}) for this model (its categorical code), got {args.klass}")
-        cat = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
+        cat = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) // cols
         z = code_input(z, classes, cfg["continuous"], cat)[0]
         classes = None
     elif cfg.get("objective") == "aae":  # decode draws of the prior the codes were matched to
@@ -288,13 +293,13 @@ def _cmd_sample(args) -> int:
         raise CLIError(f"--class: {path} holds an unconditional model ({meta['kind'] or cfg.get('objective', 'gan')}); drop --class")
     inputs = [z]
     if classes is not None:  # one class, or every class in turn
-        y = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) % classes
+        y = torch.full((args.n,), args.klass) if args.klass is not None else torch.arange(args.n) // cols
         inputs.append(y)
     with torch.no_grad():
         x = torch.cat([G(*(t[i:i + 500] for t in inputs)) for i in range(0, args.n, 500)])
     d = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(d, exist_ok=True)
-    save_samples(x, args.out, title=f"{os.path.basename(path)}")
+    save_samples(x, args.out, title=f"{os.path.basename(path)}", nrow=cols)
     if args.save_tensor:
         torch.save(x, args.save_tensor)
     which = f" of class {args.klass}" if args.klass is not None else ""
@@ -372,11 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG")
     ps.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run folder (newest checkpoint)")
-    ps.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    ps.add_argument("--n", type=int, default=None,
+                    help="how many samples (default 64; models with classes or codes: 8 per class, a row each)")
     ps.add_argument("--out", default="samples.png", help="the PNG to write")
     ps.add_argument("--seed", type=int, default=0)
     ps.add_argument("--class", dest="klass", type=int, default=None,
-                    help="conditional models: samples of this class only (default: the classes in turn)")
+                    help="conditional models: samples of this class only (default: every class, one row each)")
     ps.add_argument("--sweep", type=int, default=None,
                     help="InfoGAN: a grid whose rows are the categorical codes and whose columns sweep this "
                     "continuous code (0 or 1) from -1 to 1")

@@ -380,6 +380,44 @@ def test_image_evaluator_per_class(monkeypatch):
 
 
 # ---- the command line ------------------------------------------------------------------------------
+def test_conditional_grid_has_a_row_per_class_and_a_noise_per_column(tmp_path):
+    """samples.png of a conditional run: row r is class r, column j is the fixed noise z_j."""
+    import numpy as np
+    from PIL import Image
+    from fastgan.objectives.base import class_rows
+    from fastgan.train import report
+
+    class ImgG(nn.Module):  # a class-conditional generator of 1x2x2 images
+        def __init__(self):
+            super().__init__()
+            self.num_classes, self.lin = K, nn.Linear(Z + K, 4)
+
+        def forward(self, z, y):
+            return torch.tanh(self.lin(torch.cat([z, nn.functional.one_hot(y, K).to(z.dtype)], 1))).view(-1, 1, 2, 2)
+
+    class ImgD(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_classes, self.lin, self.embed = K, nn.Linear(4, 1), nn.Embedding(K, 4)
+
+        def forward(self, x, y):
+            return self.lin(x.flatten(1)).flatten() + (self.embed(y) * x.flatten(1)).sum(1)
+
+    torch.manual_seed(0)
+    t = GANTrainer(ImgG(), ImgD(), z_dim=Z, objective=Conditional(K), device="cpu")
+    z, y, cols = class_rows(t, K)
+    assert cols == 8 and z.shape == (8 * K, Z) and y.tolist() == [k for k in range(K) for _ in range(8)]
+    for r in range(K):
+        assert torch.equal(z[8 * r:8 * r + 8], t.fixed_z[:8])
+    assert class_rows(t, 40)[0].shape[0] == 16 * 8  # at most 16 rows
+    data = GANDataset(torch.rand(12, 1, 2, 2) * 2 - 1, torch.arange(12) % K)
+    t.fit(data, 2, 4, out_dir=str(tmp_path / "run"), progress=False)
+    report.save_image_grid(t.sample(8 * K, z=z, y=y), str(tmp_path / "want.png"), nrow=8)
+    got = np.asarray(Image.open(tmp_path / "run" / "samples.png"))
+    assert got.shape == (K * 4 + 2, 8 * 4 + 2) and np.array_equal(got, np.asarray(Image.open(tmp_path / "want.png")))
+    assert GAN().grid(t)[0] is t.fixed_z and GAN().grid(t)[2] is None  # unconditional: the square grid
+
+
 def test_cli_trains_and_samples_a_conditional_mlp(tmp_path, capsys):
     from fastgan import cli
     out = str(tmp_path / "run")
@@ -397,6 +435,10 @@ def test_cli_trains_and_samples_a_conditional_mlp(tmp_path, capsys):
     G.load_state_dict(ck["ema"] or ck["generator"])
     z = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(torch.load(pt), G(z, torch.full((50,), 5)).detach())
+    assert cli.main(["sample", "--checkpoint", out, "--n", "20", "--out", str(tmp_path / "r.png"),
+                     "--save-tensor", pt]) == 0  # every class, a row each: 3 columns, rows 0..6 (row 6 short)
+    z = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.load(pt), G(z, torch.arange(20) // 3).detach())
     assert cli.main(["sample", "--checkpoint", out, "--class", "8"]) == 2
     assert "--class must be in [0, 8)" in capsys.readouterr().err
 
@@ -603,6 +645,10 @@ def test_cli_infogan_trains_samples_and_sweeps(tmp_path, capsys):
     assert cfg["trainer"]["z_dim"] == 62 + 12 and cfg["trainer"]["objective"] == "infogan"
     assert cli.main(["sample", "--checkpoint", out, "--class", "4", "--n", "8", "--out", str(tmp_path / "a.png")]) == 0
     assert "8 samples of class 4" in capsys.readouterr().out
+    assert cli.main(["sample", "--checkpoint", out, "--out", str(tmp_path / "rows.png")]) == 0
+    assert "80 samples from" in capsys.readouterr().out  # by default 8 per code, a row each
+    from PIL import Image
+    assert Image.open(tmp_path / "rows.png").size == (8 * 18 + 2, 10 * 18 + 2)
     assert cli.main(["sample", "--checkpoint", out, "--sweep", "1", "--out", str(tmp_path / "s.png")]) == 0
     assert "80 samples (rows: the 10 categorical codes" in capsys.readouterr().out
     from PIL import Image

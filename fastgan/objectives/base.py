@@ -16,6 +16,7 @@ scalars are logged. It reaches the trainer only through this small API:
     t.step, t.device, t.world and the game settings (t.loss, t.d_steps, t.r1_gamma, t.r1_every,
     t.gp_weight)
 """
+import torch
 from torch import nn
 
 
@@ -70,8 +71,12 @@ class Objective:
         return generator(z)
 
     def sample_labels(self, n: int):
-        """Labels for n evaluation/grid samples (conditional objectives: the classes in turn), or None."""
+        """Labels for n evaluation samples (conditional objectives: the classes in turn), or None."""
         return None
+
+    def grid(self, t):
+        """(z, labels, columns) of the samples.png grid: the trainer's fixed noise, square."""
+        return t.fixed_z, self.sample_labels(len(t.fixed_z)), None
 
     def config(self) -> dict:
         """Settings recorded in the trainer's config (and checkpoints) beside the trainer's own."""
@@ -83,3 +88,10 @@ class Objective:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def class_rows(t, classes: int, cols: int = 8, max_rows: int = 16):
+    """A samples.png grid with one row per class (the first max_rows classes) and the same noise down
+    each column, so a row shows one class and a column one style: (z, labels, cols)."""
+    rows = min(classes, max_rows)
+    return (t.fixed_z[:cols].repeat(rows, 1), torch.arange(rows).repeat_interleave(cols), cols)

@@ -9,6 +9,7 @@ the real batch's labels, so real and fake logits are compared class for class (a
 interpolates pair a real and a fake of one class)."""
 import torch
 
+from .base import class_rows
 from .gan import GAN
 
 
@@ -58,6 +59,9 @@ class Conditional(GAN):
 
     def sample_labels(self, n):
         return torch.arange(n) % self.num_classes
+
+    def grid(self, t):
+        return class_rows(t, self.num_classes)
 
     def config(self):
         return {"objective": "conditional", "num_classes": self.num_classes}

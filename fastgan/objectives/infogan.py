@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .base import class_rows
 from .gan import GAN, acc
 
 
@@ -105,6 +106,9 @@ class InfoGAN(GAN):
 
     def sample_labels(self, n):
         return torch.arange(n) % self.categories
+
+    def grid(self, t):  # a row per categorical code
+        return class_rows(t, self.categories)
 
     def config(self):
         return {"objective": "infogan", "categories": self.categories, "continuous": self.continuous,

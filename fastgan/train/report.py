@@ -78,9 +78,9 @@ def save_latent(codes: torch.Tensor, labels, prior: torch.Tensor, path: str, tit
     plt.close(fig)
 
 
-def save_samples(x: torch.Tensor, path: str, modes=None, title: str = ""):
+def save_samples(x: torch.Tensor, path: str, modes=None, title: str = "", nrow=None):
     if x.dim() == 4:
-        save_image_grid(x, path)
+        save_image_grid(x, path, nrow)
     else:
         save_points(x, path, modes, title)
 

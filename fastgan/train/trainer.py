@@ -402,9 +402,9 @@ class GANTrainer:
         if not self.is_main:
             return
         from .report import plot_curves, save_samples
-        z = self.fixed_z
-        fake = self.sample(len(z), z=z, y=self.objective.sample_labels(len(z)))
-        save_samples(fake, os.path.join(out_dir, "samples.png"), self._modes, title=f"step {self.step}")
+        z, y, cols = self.objective.grid(self)
+        fake = self.sample(len(z), z=z, y=y)
+        save_samples(fake, os.path.join(out_dir, "samples.png"), self._modes, title=f"step {self.step}", nrow=cols)
         if evaluator is not None:
             n = 2500 if fake.dim() == 2 else 1000
             g = torch.Generator(device="cpu").manual_seed(self.seed + 7)
