@@ -161,10 +161,14 @@ def _cmd_train(args) -> int:
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if image or model == "cmlp" else 0.0)
     ema = ema or None
     lr = args.lr or (2e-4 if image else 1e-3)
+    # InfoGAN: the paper's rates (G 1e-3, D and Q 2e-4); measured on digits at 2,000 steps, code/class
+    # agreement 60% over 3 seeds against 31% with 2e-4 for both (docs/infogan.md)
+    lr_g = args.lr_g or (lr if args.lr or model != "infogan" else 1e-3)
+    lr_d = args.lr_d or lr
     batch = args.batch_size or (64 if image else 100)
     out = args.out or _default_out(args.data, model, args.resume)
     try:
-        tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr, lr_d=lr,
+        tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr_g, lr_d=lr_d,
                         r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
                         ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
                         compile=args.compile, objective=objective)
@@ -354,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128)")
     pt.add_argument("--z-dim", type=int, default=None,
                     help="noise / code size (default: 100 dcgan, 62 + codes infogan, 8 aae and vae, 2 mlp)")
-    pt.add_argument("--lr", type=float, default=None, help="Adam learning rate of both (default: 2e-4 dcgan, 1e-3 mlp)")
+    pt.add_argument("--lr", type=float, default=None,
+                    help="Adam learning rate of both players (default: 2e-4 images, 1e-3 mlp; infogan: G 1e-3, D 2e-4)")
+    pt.add_argument("--lr-g", type=float, default=None, help="the generator's learning rate (default: --lr's)")
+    pt.add_argument("--lr-d", type=float, default=None, help="the discriminator's learning rate (default: --lr's)")
     pt.add_argument("--out", default=None, help="run folder (default: runs/<data>-<model>[-k])")
     pt.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --out")
     pt.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")

@@ -40,6 +40,7 @@ def test_train_then_sample(tmp_path, capsys):
         assert os.path.getsize(os.path.join(out, f)) > 0, f
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["model"] == "dcgan" and cfg["image_size"] == 16 and cfg["trainer"]["ema_decay"] == 0.9
+    assert (cfg["trainer"]["lr_g"], cfg["trainer"]["lr_d"]) == (2e-4, 2e-4)
     png = str(tmp_path / "s.png")
     rc, o, e = run_cli(["sample", "--checkpoint", out, "--n", "9", "--out", png, "--save-tensor",
                         str(tmp_path / "s.pt")], capsys)
@@ -110,6 +111,18 @@ def test_bad_arguments_one_line(argv, msg, tmp_path, monkeypatch):
     assert rc == 2, err
     assert msg in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_learning_rates_per_player(tmp_path, capsys):
+    """--lr sets both players' rates (also over a model's own defaults), --lr-g / --lr-d one each."""
+    for extra, want in ((["--lr", "5e-4"], (5e-4, 5e-4)), (["--lr-d", "1e-4"], (2e-4, 1e-4)),
+                        (["--lr", "5e-4", "--lr-g", "3e-3"], (3e-3, 5e-4)),
+                        (["--model", "infogan", "--lr", "5e-4"], (5e-4, 5e-4))):
+        out = str(tmp_path / f"run{len(os.listdir(tmp_path))}")
+        rc, o, e = run_cli(["train", *DIGITS, "--steps", "1", "--out", out, "--quiet", "--width", "8", *extra], capsys)
+        assert rc == 0, e
+        cfg = json.load(open(os.path.join(out, "config.json")))["trainer"]
+        assert (cfg["lr_g"], cfg["lr_d"]) == want, extra
 
 
 def test_corrupt_checkpoint_for_sample(tmp_path, capsys):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan.nn as fnn
-from fastgan.nn import FusedBatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLeakyReLU, convert
+from fastgan.nn import (FusedBatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedInstanceNormAct2d, FusedLeakyReLU,
+                        convert)
 from conftest import DEVICES
 
 NZ, NGF, NDF, NC = 16, 8, 8, 3
@@ -299,9 +300,10 @@ def test_cyclegan_resnet_block(capsys):
     out = capsys.readouterr().out
     cb = m.conv_block
     assert type(cb[1]) is FusedConv2d and cb[1].activation is None and type(cb[5]) is FusedConv2d
-    assert type(cb[2]) is nn.InstanceNorm2d and type(cb[3]) is nn.ReLU  # no fused InstanceNorm yet
+    assert type(cb[2]) is FusedInstanceNormAct2d and cb[2].activation == "relu" and type(cb[3]) is nn.Identity
+    assert type(cb[6]) is nn.InstanceNorm2d  # the block's last norm has no activation after it
     assert "no activation follows (next: InstanceNorm2d)" in out
-    assert "conv_block.3" in out and "activation not directly after" in out
+    assert "conv_block.2 + conv_block.3" in out and "InstanceNorm2d + ReLU" in out
     x = torch.randn(2, 6, 9, 9, dtype=torch.float64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
     y, y2 = ref(x), m(x2)
@@ -517,7 +519,8 @@ def test_converted_small_dcgan_on_each_device(device):
 def test_every_matched_activation_fuses_exactly():
     acts = [nn.ReLU(), nn.LeakyReLU(0.3), nn.Tanh(), nn.Sigmoid(), nn.ELU(0.7), nn.SELU(), nn.SiLU(), nn.GELU()]
     for act in acts:
-        for head in (nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(3, 4, 3, 2), nn.BatchNorm2d(3)):
+        for head in (nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(3, 4, 3, 2), nn.BatchNorm2d(3),
+                     nn.InstanceNorm2d(3, affine=True, track_running_stats=True)):
             m = nn.Sequential(copy.deepcopy(head), copy.deepcopy(act)).double()
             ref = copy.deepcopy(m)
             convert(m)

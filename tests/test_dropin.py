@@ -25,8 +25,9 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.instancenorm import _InstanceNorm
 
-from fastgan.nn import FusedBatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedLeakyReLU
+from fastgan.nn import FusedBatchNormAct2d, FusedConv2d, FusedConvTranspose2d, FusedInstanceNormAct2d, FusedLeakyReLU
 
 from conftest import DEVICES, TOL
 
@@ -47,6 +48,7 @@ PAIRS = {
     "Conv2d": Pair(nn.Conv2d, FusedConv2d, {}),
     "ConvTranspose2d": Pair(nn.ConvTranspose2d, FusedConvTranspose2d, {}),
     "BatchNorm2d": Pair(nn.BatchNorm2d, FusedBatchNormAct2d, {"activation": "linear"}),
+    "InstanceNorm2d": Pair(nn.InstanceNorm2d, FusedInstanceNormAct2d, {"activation": "linear"}),
     "LeakyReLU": Pair(nn.LeakyReLU, FusedLeakyReLU, {}),
 }
 
@@ -126,6 +128,8 @@ def test_class_hierarchy():
         assert issubclass(PAIRS[pair].fastgan_cls, PAIRS[pair].torch_cls), pair
     # BatchNorm2d's base, but not a _BatchNorm (see FusedBatchNormAct2d's docstring)
     assert issubclass(FusedBatchNormAct2d, _NormBase) and not issubclass(FusedBatchNormAct2d, _BatchNorm)
+    # nn.InstanceNorm2d's base, but not an nn.InstanceNorm2d, for the same reason
+    assert issubclass(FusedInstanceNormAct2d, _InstanceNorm) and not issubclass(FusedInstanceNormAct2d, nn.InstanceNorm2d)
 
 
 # ---- 2. constructor errors (and what torch accepts) ------------------------------------------------
@@ -190,6 +194,17 @@ CTOR_CASES = [
     _case("BatchNorm2d", (4,), dict(foo=1), id="unknown-kwarg"),
     _case("BatchNorm2d", (4, 1e-5, 0.1, True, True, None, None, False), id="bias-positional"),
     _case("BatchNorm2d", (), id="missing-num_features"),
+    # InstanceNorm2d
+    _case("InstanceNorm2d", (4,), id="ok"),
+    _case("InstanceNorm2d", (2.5,), dict(affine=True), id="num_features-2.5-affine"),
+    _case("InstanceNorm2d", (-1,), dict(affine=True), id="num_features-negative-affine"),
+    _case("InstanceNorm2d", ("4",), dict(track_running_stats=True), id="num_features-str-track"),
+    _case("InstanceNorm2d", (4,), dict(momentum=None, track_running_stats=True), id="momentum-None"),
+    _case("InstanceNorm2d", (4,), dict(affine=True, bias=False), id="bias-False"),
+    _case("InstanceNorm2d", (4,), dict(dtype=torch.long, affine=True), id="dtype-long"),
+    _case("InstanceNorm2d", (4,), dict(foo=1), id="unknown-kwarg"),
+    _case("InstanceNorm2d", (4, 1e-5, 0.1, True, True, None, None, False), id="8-positional"),
+    _case("InstanceNorm2d", (), id="missing-num_features"),
     # LeakyReLU (its constructor is nn.LeakyReLU's own; kept for completeness)
     _case("LeakyReLU", (), id="ok"),
     _case("LeakyReLU", (0.2, True), id="positional"),
@@ -198,6 +213,7 @@ CTOR_CASES = [
     _case("LeakyReLU", (), dict(activation="relu"), id="unknown-kwarg"),
 ]
 
+NORMS = ("BatchNorm2d", "InstanceNorm2d")  # their fused activation has no gain
 # The fastgan-only arguments: none beyond those of PAIRS (torch's module), or an activation.
 VARIANTS = {"plain": {}, "act": {"activation": "lrelu", "negative_slope": 0.1, "gain": 2.0}}
 
@@ -213,7 +229,7 @@ def test_constructor_raises_as_torch(pair, args, kwargs, variant):
     p = PAIRS[pair]
     extras = dict(p.extras)
     if variant == "act":
-        extras.update(VARIANTS[variant] if pair != "BatchNorm2d" else {"activation": "lrelu", "negative_slope": 0.1})
+        extras.update(VARIANTS[variant] if pair not in NORMS else {"activation": "lrelu", "negative_slope": 0.1})
     want = _outcome(lambda: p.torch_cls(*args, **kwargs))
     got = _outcome(lambda: p.fastgan_cls(*args, **kwargs, **extras))
     _assert_same_outcome(want, got)
@@ -362,6 +378,25 @@ FWD_CASES = [
     _fcase("list-input", "BatchNorm2d", (4,), {}, lambda: [1.0]),
     _fcase("meta", "BatchNorm2d", (4,), dict(device="meta"), _randn(2, 4, 5, 6, device="meta")),
     _fcase("cpu-module-meta-input", "BatchNorm2d", (4,), {}, _randn(2, 4, 5, 6, device="meta")),
+    # InstanceNorm2d
+    _fcase("wrong-channels-affine", "InstanceNorm2d", (4,), dict(affine=True), _randn(2, 5, 5, 6)),
+    _fcase("wrong-channels-no-affine", "InstanceNorm2d", (4,), {}, _randn(2, 5, 5, 6)),
+    _fcase("wrong-channels-track", "InstanceNorm2d", (4,), dict(track_running_stats=True), _randn(2, 5, 5, 6)),
+    _fcase("2d-input", "InstanceNorm2d", (4,), {}, _randn(2, 4)),
+    _fcase("5d-input", "InstanceNorm2d", (4,), {}, _randn(1, 2, 4, 5, 6)),
+    _fcase("int-input", "InstanceNorm2d", (4,), {}, _ints(2, 4, 5, 6)),
+    _fcase("complex-input", "InstanceNorm2d", (4,), {}, _randn(2, 4, 5, 6, dtype=torch.complex64)),
+    _fcase("f64-input-f32-module", "InstanceNorm2d", (4,), dict(affine=True), _randn(2, 4, 5, 6, dtype=F64)),
+    _fcase("one-spatial-element", "InstanceNorm2d", (4,), {}, _randn(3, 4, 1, 1)),
+    _fcase("one-spatial-element-track", "InstanceNorm2d", (4,), dict(track_running_stats=True), _randn(3, 4, 1, 1)),
+    _fcase("one-spatial-element-track", "InstanceNorm2d", (4,), dict(track_running_stats=True), _randn(3, 4, 1, 1),
+           train=False),
+    _fcase("empty-batch", "InstanceNorm2d", (4,), dict(affine=True, track_running_stats=True), _randn(0, 4, 5, 6)),
+    _fcase("unbatched-one-spatial", "InstanceNorm2d", (4,), {}, _randn(4, 1, 1)),
+    _fcase("eps-str", "InstanceNorm2d", (4,), dict(eps="a"), _randn(2, 4, 5, 6)),
+    _fcase("momentum-str", "InstanceNorm2d", (4,), dict(momentum="a", track_running_stats=True), _randn(2, 4, 5, 6)),
+    _fcase("f16-input-f32-module", "InstanceNorm2d", (4,), dict(affine=True), _randn(2, 4, 5, 6, dtype=torch.float16)),
+    _fcase("list-input", "InstanceNorm2d", (4,), {}, lambda: [1.0]),
     # LeakyReLU
     _fcase("int-input", "LeakyReLU", (), {}, _ints(2, 3)),
     _fcase("bool-input", "LeakyReLU", (), {}, lambda: torch.tensor([True, False])),
@@ -385,7 +420,7 @@ def _fused_pair(pair, variant, args, kwargs):
     p = PAIRS[pair]
     if variant == "plain" or pair == "LeakyReLU":
         return (lambda: p.torch_cls(*args, **kwargs)), (lambda: p.fastgan_cls(*args, **kwargs, **p.extras))
-    if pair == "BatchNorm2d":
+    if pair in NORMS:
         return ((lambda: Then(p.torch_cls(*args, **kwargs), nn.LeakyReLU(0.1))),
                 (lambda: p.fastgan_cls(*args, **kwargs, activation="lrelu", negative_slope=0.1)))
     return ((lambda: Then(p.torch_cls(*args, **kwargs), nn.LeakyReLU(0.1), 2.0)),
@@ -459,6 +494,16 @@ BN_CASES = [
     Case("affine-False-track-False", "BatchNorm2d", (4,), dict(affine=False, track_running_stats=False)),
     Case("keep-input", "BatchNorm2d", (4,), fastgan_kwargs=dict(activation="linear", memory_efficient=False)),
 ]
+IN_CASES = [
+    Case("default", "InstanceNorm2d", (4,)),
+    Case("affine-track", "InstanceNorm2d", (4,), dict(affine=True, track_running_stats=True, momentum=0.3)),
+    Case("affine", "InstanceNorm2d", (4,), dict(affine=True, eps=1e-3)),
+    Case("track", "InstanceNorm2d", (4,), dict(track_running_stats=True)),
+    Case("track-momentum-None", "InstanceNorm2d", (4,), dict(track_running_stats=True, momentum=None)),
+    Case("bias-False", "InstanceNorm2d", (4,), dict(affine=True, bias=False)),
+    Case("keep-input", "InstanceNorm2d", (4,), dict(affine=True),
+         fastgan_kwargs=dict(activation="linear", memory_efficient=False)),
+]
 LRELU_CASES = [
     Case("default", "LeakyReLU", ()),
     Case("slope-0.2", "LeakyReLU", (0.2,)),
@@ -477,7 +522,7 @@ LRELU_SHAPES = {"nchw": (2, 4, 5, 6), "cl-input": (2, 4, 5, 6), "unbatched": (4,
 
 def _numerics_params():
     out = []
-    for c in CONV_CASES + CONVT_CASES + BN_CASES:
+    for c in CONV_CASES + CONVT_CASES + BN_CASES + IN_CASES:
         for layout in LAYOUTS:
             if c.pair == "BatchNorm2d" and layout.startswith("unbatched"):
                 continue  # nn.BatchNorm2d takes 4-D input only
@@ -506,7 +551,7 @@ def _act_params():
                ("sigmoid", None), ("elu", None), ("elu", 0.5), ("selu", None), ("softplus", None),
                ("silu", None), ("gelu", None)]
     default_slope = {"lrelu": 0.01, "elu": 1.0}  # nn.LeakyReLU's and nn.ELU's defaults
-    for base in (BN_CASES[0], BN_CASES[1]):
+    for base in (BN_CASES[0], BN_CASES[1], IN_CASES[1]):
         for act, slope in bn_acts:
             for keep in (False, True) if act in ("relu", "lrelu") else (False,):
                 kw = dict(activation=act, memory_efficient=not keep) | ({} if slope is None else
@@ -660,7 +705,7 @@ def test_fused_activation_matches_torch_module_then_activation(case, layout, dty
 
 
 # ---- 5. state_dict and repr ------------------------------------------------------------------
-SD_CASES = [c for c in CONV_CASES + CONVT_CASES + BN_CASES if c.fastgan_kwargs is None]
+SD_CASES = [c for c in CONV_CASES + CONVT_CASES + BN_CASES + IN_CASES if c.fastgan_kwargs is None]
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.pair}-{c.id}") for c in SD_CASES])
@@ -706,3 +751,9 @@ def test_batchnorm_repr_extends_torch_repr():
     ref, fg = nn.BatchNorm2d(4, momentum=None, bias=False), FusedBatchNormAct2d(4, momentum=None, bias=False,
                                                                                activation="linear")
     assert fg.extra_repr().startswith(ref.extra_repr())
+
+
+def test_instancenorm_repr_extends_torch_repr():
+    ref = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+    fg = FusedInstanceNormAct2d(4, affine=True, track_running_stats=True, activation="lrelu", negative_slope=0.2)
+    assert fg.extra_repr() == ref.extra_repr() + ", activation='lrelu', negative_slope=0.2"

@@ -643,6 +643,7 @@ def test_cli_infogan_trains_samples_and_sweeps(tmp_path, capsys):
     assert "matched_accuracy=" in summary and "confusion" not in summary
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["trainer"]["z_dim"] == 62 + 12 and cfg["trainer"]["objective"] == "infogan"
+    assert (cfg["trainer"]["lr_g"], cfg["trainer"]["lr_d"]) == (1e-3, 2e-4)  # the paper's rates by default
     assert cli.main(["sample", "--checkpoint", out, "--class", "4", "--n", "8", "--out", str(tmp_path / "a.png")]) == 0
     assert "8 samples of class 4" in capsys.readouterr().out
     assert cli.main(["sample", "--checkpoint", out, "--out", str(tmp_path / "rows.png")]) == 0

@@ -7,6 +7,7 @@ What is matched (exact torch.nn types only: a subclass may have its own forward)
   in an nn.Sequential, a module followed directly by an activation module (ReLU, LeakyReLU, Tanh,
   Sigmoid, ELU, SELU, SiLU, GELU(approximate='none')):
     BatchNorm2d + act                         -> FusedBatchNormAct2d(activation=act)
+    InstanceNorm2d + act                      -> FusedInstanceNormAct2d(activation=act)
     Conv2d / ConvTranspose2d + act            -> the fused conv with activation=act
   and the activation's slot becomes nn.Identity, so indices and state_dict keys do not move.
 
@@ -24,12 +25,14 @@ from torch import nn
 from .activation import FusedLeakyReLU
 from .batchnorm import FusedBatchNormAct2d
 from .conv import FusedConv2d, FusedConvTranspose2d
+from .instancenorm import FusedInstanceNormAct2d
 
 __all__ = ["convert"]
 
 _SINGLE = {nn.Conv2d: FusedConv2d, nn.ConvTranspose2d: FusedConvTranspose2d, nn.LeakyReLU: FusedLeakyReLU}
-_HEADS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)
-_FASTGAN = (FusedConv2d, FusedConvTranspose2d, FusedLeakyReLU, FusedBatchNormAct2d)
+_HEADS = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d)
+_NORMS = {nn.BatchNorm2d: FusedBatchNormAct2d, nn.InstanceNorm2d: FusedInstanceNormAct2d}  # fused only with an act
+_FASTGAN = (FusedConv2d, FusedConvTranspose2d, FusedLeakyReLU, FusedBatchNormAct2d, FusedInstanceNormAct2d)
 
 
 _PLAIN_ACTS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu", nn.SiLU: "silu"}
@@ -72,8 +75,8 @@ def _adopt(cls, old: nn.Module, **attrs) -> nn.Module:
 
 def _fused_head(head: nn.Module, act: str, alpha: Optional[float]) -> nn.Module:
     t = type(head)
-    if t is nn.BatchNorm2d:
-        return _adopt(FusedBatchNormAct2d, head, activation=act,
+    if t in _NORMS:
+        return _adopt(_NORMS[t], head, activation=act,
                       negative_slope=alpha if alpha is not None else 0.01, memory_efficient=True)
     cls = FusedConv2d if t is nn.Conv2d else FusedConvTranspose2d
     return _adopt(cls, head, activation=act, negative_slope=alpha if alpha is not None else 0.2, gain=1.0)
@@ -95,7 +98,7 @@ def _why_left(m: nn.Module, in_sequential: bool, nxt: Optional[nn.Module]) -> st
     t = type(m)
     if isinstance(m, _FASTGAN):
         return "already fastgan"
-    if t is nn.BatchNorm2d:
+    if t in _NORMS:
         if not in_sequential:
             return "not in an nn.Sequential: an activation applied in forward() is not seen"
         return f"no activation follows it (next: {_name(nxt) if nxt is not None else 'end of Sequential'})"
@@ -105,7 +108,7 @@ def _why_left(m: nn.Module, in_sequential: bool, nxt: Optional[nn.Module]) -> st
     if why:
         return why
     if act is not None:
-        return "activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d in an nn.Sequential"
+        return "activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d/InstanceNorm2d in an nn.Sequential"
     if len(m._parameters) or len(m._buffers):
         return "no fastgan counterpart"
     return ""
@@ -164,7 +167,7 @@ def _walk(parent: nn.Module, prefix: str, rows, top: bool = False) -> None:
                 continue
             if act is not None:
                 why = "a hook on one of the pair would see another tensor"
-            if t is nn.BatchNorm2d:
+            if t in _NORMS:
                 rows.append((shown, _name(m), "", why or _why_left(m, True, nxt)))
                 i += 1
                 continue

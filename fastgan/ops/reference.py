@@ -141,6 +141,13 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
     return act_fn(act, y, alpha)
 
 
+def instance_norm_act(x, weight=None, bias=None, running_mean=None, running_var=None, *, use_input_stats=True,
+                      momentum=0.1, eps=1e-5, act="relu", alpha=0.01, memory_efficient=True):
+    """Reference for fastgan.ops.instance_norm_act: F.instance_norm followed by the activation."""
+    y = F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return act_fn(act, y, alpha)
+
+
 # ---- conv_transpose ---------------------------------------------------------------------------
 def conv_transpose2d_act(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                          *, act="linear", alpha=None, gain=None, clamp=None):
