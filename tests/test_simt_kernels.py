@@ -187,6 +187,7 @@ BN_SHAPES = {  # the reduction kernels: S > 1 (a block per channel and split), S
     "channels_last, C = 40 (two column blocks)": ((8, 40, 2, 2), True),
     "one value per channel per sample": ((7, 3, 1, 1), False),
     "N = 1": ((1, 4, 5, 5), False),
+    "instance_norm_act's planes view (1, N*C, H, W)": ((1, 96, 8, 8), False),
 }
 
 

@@ -1,3 +1,4 @@
-"""Datasets for fastgan: built-ins (digits, ring8, grid25) and loaders for images on disk."""
-from .datasets import (BUILTIN, DatasetError, GANDataset, digits, grid25, load_dataset, read_idx,  # noqa: F401
-                       ring8)
+"""Datasets for fastgan: built-ins (digits and its domains, ring8, grid25), loaders for images on disk,
+and unpaired domains for translation models."""
+from .datasets import (BUILTIN, DIGIT_DOMAINS, DatasetError, DomainDataset, GANDataset, digit_domain,  # noqa: F401
+                       digits, grid25, load_dataset, load_domains, read_idx, ring8)

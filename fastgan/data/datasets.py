@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-BUILTIN = ("digits", "ring8", "grid25")
+BUILTIN = ("digits", "digits-m", "digits-inv", "digits-thick", "ring8", "grid25")
+#: the digits and the same digits as other image domains (translation models: --data digits:digits-m)
+DIGIT_DOMAINS = ("digits", "digits-m", "digits-inv", "digits-thick")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
@@ -77,6 +79,89 @@ def digits(image_size=None) -> GANDataset:
     d = load_digits()
     x = torch.from_numpy(d.images).float()[:, None] / 16.0 * 2 - 1
     return GANDataset(_resize(x, image_size), torch.from_numpy(d.target).long(), name="digits")
+
+
+def digit_domain(name: str, image_size=None, seed: int = 0) -> GANDataset:
+    """The bundled digits as another image domain, with their digit labels (so a translation can be
+    checked for keeping the class):
+
+      digits-m      each digit blended over a random patch of one of scikit-learn's two bundled colour
+                    photographs as |patch - digit|, the way MNIST-M is made from MNIST (Ganin et al.
+                    2015); RGB
+      digits-inv    the digits inverted (white background)
+      digits-thick  the strokes dilated (a max filter 2k+1 wide at k x 16 px: 5 at 32 px)
+
+    `seed` picks the patches; the same seed gives the same images."""
+    if name not in DIGIT_DOMAINS:
+        raise ValueError(f"digit_domain: argument 'name' must be one of {', '.join(DIGIT_DOMAINS)}; got {name!r}")
+    base = digits(image_size)
+    if name == "digits":
+        return base
+    d = (base.x + 1) / 2  # ink in [0, 1]
+    s = d.shape[-1]
+    if name == "digits-inv":
+        x = 1 - d
+    elif name == "digits-thick":
+        k = 2 * max(1, s // 16) + 1
+        x = F.max_pool2d(d, k, stride=1, padding=k // 2)
+    else:
+        from sklearn.datasets import load_sample_images
+        photos = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 for im in load_sample_images().images]
+        g = torch.Generator().manual_seed(seed)
+        which = torch.randint(len(photos), (len(d),), generator=g)
+        patches = torch.empty(len(d), 3, s, s)
+        for i, j in enumerate(which.tolist()):
+            ph = photos[j]
+            top = int(torch.randint(ph.shape[1] - s + 1, (), generator=g))
+            left = int(torch.randint(ph.shape[2] - s + 1, (), generator=g))
+            patches[i] = ph[:, top:top + s, left:left + s]
+        x = (patches - d).abs()
+    return GANDataset((x * 2 - 1).clamp_(-1, 1).contiguous(), base.y, name=name)
+
+
+class DomainDataset:
+    """Unpaired image domains for translation models (CycleGAN, StarGAN): `domains` is a list of
+    GANDatasets of one image size and channel count (grayscale domains are repeated to RGB when
+    another domain is RGB). GANTrainer.fit draws each domain's batch from its own shuffled order,
+    so the samples of two domains are never paired."""
+
+    kind = "domains"
+
+    def __init__(self, domains, names=None):
+        if len(domains) < 2:
+            raise ValueError(f"DomainDataset: needs at least two domains, got {len(domains)}")
+        sizes = {tuple(d.x.shape[2:]) for d in domains}
+        if any(d.kind != "image" for d in domains) or len(sizes) != 1:
+            raise DatasetError("DomainDataset: the domains must all be images of one size; got "
+                               + ", ".join(f"{d.name or i}: {tuple(d.x.shape[1:])}" for i, d in enumerate(domains)))
+        c = max(d.x.shape[1] for d in domains)
+        self.domains = []
+        for d in domains:
+            if d.x.shape[1] != c:
+                if d.x.shape[1] != 1:
+                    raise DatasetError(f"DomainDataset: domain {d.name!r} has {d.x.shape[1]} channels, another {c}")
+                d = GANDataset(d.x.expand(-1, c, -1, -1).contiguous(), d.y, name=d.name)  # the caller's is kept
+            self.domains.append(d)
+        self.names = list(names) if names is not None else [d.name for d in domains]
+
+    def __len__(self):
+        return max(len(d) for d in self.domains)
+
+    @property
+    def channels(self):
+        return self.domains[0].x.shape[1]
+
+    def __repr__(self):
+        return f"DomainDataset({' : '.join(f'{n} {len(d)}' for n, d in zip(self.names, self.domains))})"
+
+
+def load_domains(spec: str, image_size=None) -> DomainDataset:
+    """'A:B[:C...]' -> a DomainDataset of those datasets (built-in names or paths, as load_dataset)."""
+    parts = spec.split(":") if isinstance(spec, str) else []
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"load_domains: expected two or more datasets separated by ':' (e.g. digits:digits-m), "
+                         f"got {spec!r}")
+    return DomainDataset([load_dataset(p, image_size) for p in parts], parts)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -286,7 +371,8 @@ def _image_folder(root: str, image_size) -> GANDataset:
 def load_dataset(name_or_path: str, image_size=None) -> GANDataset:
     """A built-in dataset by name, or a dataset on disk by path.
 
-    Built-in: `digits` (8x8, resized to `image_size`), `ring8`, `grid25` (2-D points).
+    Built-in: `digits` (8x8, resized to `image_size`), its domains `digits-m`, `digits-inv`,
+    `digits-thick` (see digit_domain), `ring8`, `grid25` (2-D points).
     On disk: a folder of PNG/JPEG images (recursive; resized and centre-cropped to `image_size`,
     default 64; first-level sub-folders become labels), MNIST/Fashion-MNIST IDX files (raw or .gz;
     the images file or its folder; labels are read when next to it), a CIFAR-10/100 python batch
@@ -297,8 +383,8 @@ def load_dataset(name_or_path: str, image_size=None) -> GANDataset:
     if image_size is not None and not (isinstance(image_size, int) and not isinstance(image_size, bool)
                                        and image_size >= 1):
         raise ValueError(f"load_dataset: argument 'image_size' must be a positive int or None, got {image_size!r}")
-    if name_or_path == "digits":
-        return digits(image_size)
+    if name_or_path in DIGIT_DOMAINS:
+        return digit_domain(name_or_path, image_size)
     if name_or_path == "ring8":
         return ring8()
     if name_or_path == "grid25":

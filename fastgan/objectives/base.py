@@ -27,6 +27,9 @@ class Objective:
     stats: tuple = ()
     #: whether batches are (x, y) pairs (labels) rather than x alone
     labels: bool = False
+    #: whether the data are unpaired domains (fastgan.data.DomainDataset; a batch is one tensor per
+    #: domain), as translation models train on
+    domains: bool = False
 
     def networks(self) -> dict:
         """Networks besides the generator and the discriminator (e.g. InfoGAN's Q head), by name.

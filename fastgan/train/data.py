@@ -173,11 +173,41 @@ def _preload(t: torch.Tensor, device: torch.device) -> bool:
     return device.type == "cuda" and t.device.type == "cpu" and t.numel() * t.element_size() < 2 ** 31
 
 
+class DomainBatches:
+    """Unpaired batches of several image domains (fastgan.data.DomainDataset): each next() is a
+    tuple with one batch per domain, each domain drawn from its own shuffled order (its own seed),
+    so that no two domains' samples are paired; their positions are saved and restored together."""
+
+    def __init__(self, streams):
+        self.streams = streams
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return tuple(next(s) for s in self.streams)
+
+    def state_dict(self):
+        return {"kind": "domains", "streams": [s.state_dict() for s in self.streams]}
+
+    def load_state_dict(self, s):
+        if s.get("kind") != "domains" or len(s["streams"]) != len(self.streams):
+            warnings.warn("the saved data position does not fit this data; starting a new epoch order")
+            return
+        for stream, st in zip(self.streams, s["streams"]):
+            stream.load_state_dict(st)
+
+
 def make_batches(data, batch_size, *, device, channels_last=False, seed=0, rank=0, world=1, state=None,
                  labels=False):
     """The batch stream for GANTrainer.fit; `state` is a previous stream's state_dict().
     labels: yield (x, y) pairs (y: int64 class per sample) instead of x."""
-    if isinstance(data, DataLoader):
+    from ..data import DomainDataset
+    if isinstance(data, DomainDataset):
+        b = DomainBatches([IndexBatches(d.x.to(device) if _preload(d.x, device) else d.x, len(d), batch_size,
+                                        device=device, channels_last=channels_last, seed=seed + 7919 * k,
+                                        rank=rank, world=world) for k, d in enumerate(data.domains)])
+    elif isinstance(data, DataLoader):
         if world > 1 and not isinstance(data.sampler, torch.utils.data.distributed.DistributedSampler):
             raise ValueError("GANTrainer.fit: under torchrun a DataLoader 'data' needs a DistributedSampler "
                              "(or pass the Dataset / tensor and the trainer shards it)")

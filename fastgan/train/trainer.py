@@ -318,6 +318,11 @@ class GANTrainer:
                 evaluator = evaluator_for(data)
         self._modes = getattr(data, "modes", None)
         self._data = data  # for the objective's own evaluation (Objective.evaluate)
+        from ..data import DomainDataset
+        if isinstance(data, DomainDataset) != self.objective.domains:
+            raise ValueError(
+                f"GANTrainer.fit: argument 'data' is {'a DomainDataset' if isinstance(data, DomainDataset) else 'one dataset'}"
+                f", but this objective trains on {'unpaired domains (fastgan.data.load_domains)' if self.objective.domains else 'one dataset'}")
         self.objective.check_data(data)
         batches = make_batches(data, batch_size, device=self.device, channels_last=self.channels_last,
                                seed=self.seed, rank=self.rank, world=self.world, state=self._data_state,
