@@ -5,7 +5,6 @@ table of the ratios measured in this run (contender median / fastgan median).
 """
 import collections
 
-import pytest
 import torch
 
 

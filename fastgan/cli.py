@@ -39,6 +39,7 @@ def _cmd_selftest(args) -> int:
 CONDITIONAL = ("cmlp", "cdcgan")  # models trained with fastgan.objectives.Conditional
 AUTOENCODERS = ("aae", "vae")  # an encoder beside the DCGAN generator (the decoder)
 INFO_CODES = (10, 2)  # InfoGAN on digits: one 10-way categorical code, two continuous ones
+TRANSLATION = ("cyclegan",)  # image-to-image models: --data A:B (unpaired domains)
 
 
 class CLIError(Exception):
@@ -47,7 +48,8 @@ class CLIError(Exception):
 
 def _default_out(data: str, model: str, resume: bool) -> str:
     """runs/<data>-<model>[-k]: a fresh folder, or with --resume the newest existing one."""
-    base = os.path.join("runs", f"{os.path.basename(os.path.normpath(data)) or 'data'}-{model}")
+    name = "+".join(os.path.basename(os.path.normpath(p)) or "data" for p in data.split(":"))
+    base = os.path.join("runs", f"{name}-{model}")
     cands = [base] + [f"{base}-{k}" for k in range(2, 1000)]
     existing = [c for c in cands if os.path.exists(c)]
     if resume:
@@ -68,8 +70,6 @@ def _cmd_train(args) -> int:
     import torch
     from fastgan import data as fdata
     from fastgan import models
-    from fastgan.train import CheckpointError, GANTrainer, NonFiniteLossError
-    from fastgan.train import checkpoint as ckpt
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,17 +82,30 @@ def _cmd_train(args) -> int:
             raise CLIError(f"--device {args.device}: no CUDA device is available here")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
             raise CLIError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    # data: the image size is only known once the data is (for digits: 8x8 -> 32x32)
+    translation = args.model in TRANSLATION
+    args.data = args.data or ("digits:digits-m" if translation else "digits")
+    if (":" in args.data) != translation:
+        if translation:
+            raise CLIError(f"--model {args.model} translates between two image domains: pass --data A:B "
+                           "(e.g. digits:digits-m)")
+        raise CLIError(f"--data {args.data} names several domains (A:B), which only translation models train on "
+                       f"(--model {', '.join(TRANSLATION)})")
+    # data: the image size is only known once the data is (for digits: 8x8 -> 32x32; translation: 16x16)
     try:
-        if args.data in fdata.BUILTIN and args.data != "digits":
+        if args.data in ("ring8", "grid25"):
             ds = fdata.load_dataset(args.data)
+        elif translation:
+            digits = all(p in fdata.DIGIT_DOMAINS for p in args.data.split(":"))
+            ds = fdata.load_domains(args.data, args.image_size or (16 if digits else None))
         else:
             probe = args.image_size
-            if probe is None and args.data == "digits":
+            if probe is None and args.data in fdata.DIGIT_DOMAINS:
                 probe = 32
             ds = fdata.load_dataset(args.data, probe)
     except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
         raise CLIError(f"--data: {e}") from None
+    if translation:
+        return _train_translation(args, ds)
     model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
     classes = None
     if model in CONDITIONAL:
@@ -153,7 +166,7 @@ def _cmd_train(args) -> int:
     elif model == "vae":
         from fastgan.objectives import VAE
         objective = VAE(encoder)
-    steps = args.steps if args.steps is not None else (2000 if image else 3000)
+    steps = _steps(args, image)
     # R1: the MLP GANs (0.1) and the AAE's latent game (1.0, on the prior draws: steadier code matching)
     r1 = args.r1_gamma if args.r1_gamma is not None else (
         0.0 if args.gp_weight else 1.0 if model == "aae" else 0.0 if image else 0.1)
@@ -166,14 +179,55 @@ def _cmd_train(args) -> int:
     lr_g = args.lr_g or (lr if args.lr or model != "infogan" else 1e-3)
     lr_d = args.lr_d or lr
     batch = args.batch_size or (64 if image else 100)
-    out = args.out or _default_out(args.data, model, args.resume)
+    tr = _trainer(args, G, D, z_dim, args.loss or "ns", lr_g, lr_d, r1, ema, objective)
+    return _fit(args, tr, ds, model, steps, batch, width, getattr(G, "config", {}).get("image_size"))
+
+
+def _steps(args, image: bool) -> int:
+    return args.steps if args.steps is not None else (2000 if image else 3000)
+
+
+def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective):
+    from fastgan.train import GANTrainer
     try:
-        tr = GANTrainer(G, D, z_dim=z_dim, loss=args.loss, d_steps=args.d_steps, lr_g=lr_g, lr_d=lr_d,
-                        r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
-                        ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
-                        compile=args.compile, objective=objective)
+        return GANTrainer(G, D, z_dim=z_dim, loss=loss, d_steps=args.d_steps, lr_g=lr_g, lr_d=lr_d,
+                          r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
+                          ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
+                          compile=args.compile, objective=objective)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
+
+
+def _train_translation(args, ds) -> int:
+    """CycleGAN on unpaired domains: the ResNet generators and PatchGAN discriminators sized to the
+    images, LSGAN, lam 10, identity 0.5, pools of 50, the rates decayed linearly over the second half."""
+    import torch
+    from fastgan import models
+    from fastgan.objectives import CycleGAN
+    size = ds.domains[0].x.shape[-1]
+    if size % 4 or size < 16:
+        raise CLIError(f"--image-size must be a multiple of 4 and at least 16 for --model {args.model}, got {size}")
+    torch.manual_seed(args.seed)
+    c = ds.channels
+    width = args.width or (16 if size <= 32 else 32 if size <= 64 else 64)
+    blocks = 4 if size <= 32 else 6 if size <= 128 else 9  # the paper: 6 at 128 px, 9 at 256
+    layers = models.patch_layers(size)
+    G, F = models.ResnetGenerator(c, c, width, blocks), models.ResnetGenerator(c, c, width, blocks)
+    D_B, D_A = models.PatchDiscriminator(c, width, layers), models.PatchDiscriminator(c, width, layers)
+    steps = _steps(args, True)
+    objective = CycleGAN(F, D_A, decay=(steps // 2, steps))
+    lr = args.lr or 2e-4
+    ema = args.ema_decay or None  # off unless asked
+    tr = _trainer(args, G, D_B, 1, args.loss or "lsgan", args.lr_g or lr, args.lr_d or lr,
+                  args.r1_gamma or 0.0, ema, objective)
+    return _fit(args, tr, ds, args.model, steps, args.batch_size or 8, width, size)
+
+
+def _fit(args, tr, ds, model, steps, batch, width, image_size) -> int:
+    """Run (or resume) the training in --out: config.json, progress, the final summary."""
+    from fastgan.train import CheckpointError, NonFiniteLossError
+    from fastgan.train import checkpoint as ckpt
+    out = args.out or _default_out(args.data, model, args.resume)
     main = tr.is_main
     say = main and not args.quiet  # --quiet: the final summary (and errors) only
     cdir = os.path.join(out, "checkpoints")
@@ -191,13 +245,15 @@ def _cmd_train(args) -> int:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump({"data": args.data, "model": model, "steps": steps, "batch_size": batch,
-                       "width": width, "image_size": getattr(G, "config", {}).get("image_size"),
+                       "width": width, "image_size": image_size,
                        "trainer": tr.config, "processes": tr.world}, f, indent=2)
     if say:
-        print(f"fastgan: training {model} on {ds.name or args.data} ({len(ds)} samples, "
-              f"{'x'.join(map(str, ds.x.shape[1:]))}) on {tr.device}"
+        what = (f"{' : '.join(f'{n} ({len(d)} samples)' for n, d in zip(ds.names, ds.domains))}, "
+                f"{'x'.join(map(str, ds.domains[0].x.shape[1:]))}" if hasattr(ds, "domains") else
+                f"{ds.name or args.data} ({len(ds)} samples, {'x'.join(map(str, ds.x.shape[1:]))})")
+        print(f"fastgan: training {model} on {what} on {tr.device}"
               f"{f' x {tr.world} processes' if tr.world > 1 else ''} for {steps} steps, batch {batch}, "
-              f"loss {args.loss}; writing to {out}/", flush=True)
+              f"loss {tr.loss}; writing to {out}/", flush=True)
     try:
         tr.fit(ds, steps, batch, out_dir=out, log_every=args.log_every, sample_every=args.sample_every,
                checkpoint_every=args.checkpoint_every, progress=not (args.no_progress or args.quiet))
@@ -222,6 +278,80 @@ def _cmd_train(args) -> int:
         print(f"fastgan: done: step {tr.step}{summary}\n  samples {out}/samples.png  curves {out}/curves.png  "
               f"metrics {out}/metrics.jsonl  checkpoints {cdir}/", flush=True)
     return 0
+
+
+def _load_source(source: str, size: int, channels: int):
+    """--source: an image file, a folder of images or a dataset name -> (N, channels, size, size) in [-1, 1]."""
+    import numpy as np
+    import torch
+    from fastgan import data as fdata
+    from fastgan.data.datasets import IMAGE_EXTS, _resize
+    if os.path.isfile(source) and source.lower().endswith(IMAGE_EXTS):
+        from PIL import Image
+        try:
+            im = Image.open(source).convert("RGB" if channels == 3 else "L")
+        except OSError as e:
+            raise CLIError(f"--source {source}: not a readable image ({e})") from None
+        a = np.asarray(im, dtype=np.float32) / 127.5 - 1
+        x = torch.from_numpy(a.reshape(a.shape[0], a.shape[1], -1)).permute(2, 0, 1)[None]
+    else:
+        try:
+            ds = fdata.load_dataset(source, size)
+        except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
+            raise CLIError(f"--source: {e}") from None
+        if ds.kind != "image":
+            raise CLIError(f"--source {source}: holds points, not images")
+        x = ds.x
+    if x.shape[1] != channels:  # grayscale <-> RGB, as the domains were matched in training
+        x = x.expand(-1, channels, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
+    return _resize(x.float(), size)
+
+
+def _sample_translation(args, ck, G, path) -> int:
+    """fastgan sample on a CycleGAN checkpoint: translate --source (A -> B, or B -> A with --reverse);
+    the PNG's rows alternate sources and their translations, 8 per row."""
+    import torch
+    from fastgan import models
+    from fastgan.train.report import save_image_grid
+    cfg = ck.get("config") or {}
+    if cfg.get("objective") != "cyclegan":
+        raise CLIError(f"--source: {path} holds no translation model ({cfg.get('objective', 'gan')}); drop --source")
+    if args.source is None:
+        raise CLIError(f"{path} holds a translation model (cyclegan): pass --source IMAGE, FOLDER or a dataset name "
+                       "(e.g. --source digits)")
+    net = G
+    if args.reverse:
+        conf = cfg.get("g_ba") or dict(G.config, in_channels=G.config["out_channels"],
+                                       out_channels=G.config["in_channels"])  # F mirrors G
+        net = models.ResnetGenerator(**conf)
+        net.load_state_dict(ck["nets"]["g_ba"])
+        net.eval()
+    size = _image_size_of(path)  # the generator is convolutional; sources are resized to the trained size
+    x = _load_source(args.source, size, net.config["in_channels"])[:args.n or 16]
+    with torch.no_grad():
+        y = torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)])
+    rows = []
+    for i in range(0, len(x), 8):  # a short last pair of rows is padded with black
+        pad = x.new_full((max(0, i + 8 - len(x)),) + tuple(x.shape[1:]), -1.0)
+        rows += [x[i:i + 8], pad, y[i:i + 8], pad]
+    d = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(d, exist_ok=True)
+    save_image_grid(torch.cat(rows), args.out, nrow=8)
+    if args.save_tensor:
+        torch.save(y, args.save_tensor)
+    print(f"fastgan: {len(x)} translations ({'B -> A' if args.reverse else 'A -> B'}) of {args.source} from {path} "
+          f"(step {ck['step']}) -> {args.out} (rows: sources, translations)")
+    return 0
+
+
+def _image_size_of(path: str) -> int:
+    """The image size of a run, from the config.json beside its checkpoints."""
+    run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    try:
+        with open(os.path.join(run, "config.json")) as f:
+            return int(json.load(f)["image_size"])
+    except (OSError, KeyError, ValueError, TypeError):
+        raise CLIError(f"--checkpoint {path}: cannot tell the image size (no config.json beside its checkpoints/)") from None
 
 
 def _cmd_sample(args) -> int:
@@ -252,6 +382,8 @@ def _cmd_sample(args) -> int:
     state = ck["ema"] if (ck.get("ema") is not None and not args.no_ema) else ck["generator"]
     G.load_state_dict(state)
     G.eval()
+    if (ck.get("config") or {}).get("objective") == "cyclegan" or args.source is not None:
+        return _sample_translation(args, ck, G, path)
     classes = getattr(G, "num_classes", None)
     cfg = ck.get("config") or {}
     labelled = classes or (cfg["categories"] if cfg.get("objective") == "infogan" else None)
@@ -342,16 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("train", help="train a GAN; writes samples, curves, metrics and checkpoints",
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
-    pt.add_argument("--data", default="digits", help="digits | ring8 | grid25 | PATH (image folder, MNIST IDX, "
-                    "CIFAR batches, .npy/.npz) (default: digits)")
-    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "mlp", "cmlp"), default=None,
+    pt.add_argument("--data", default=None, help="digits | digits-m | digits-inv | digits-thick | ring8 | grid25 | "
+                    "PATH (image folder, MNIST IDX, CIFAR batches, .npy/.npz); translation models: A:B, two of "
+                    "those (default: digits; cyclegan: digits:digits-m)")
+    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "mlp", "cmlp", "cyclegan"),
+                    default=None,
                     help="dcgan for images, mlp for 2-D points; cdcgan / cmlp: their class-conditional versions "
                     "(the digit / the mode as label); infogan: a DCGAN with a 10-way categorical and 2 "
                     "continuous codes; aae: an adversarial autoencoder (--prior); vae: the variational "
-                    "autoencoder baseline (default: dcgan or mlp, from the data)")
+                    "autoencoder baseline; cyclegan: unpaired translation between --data A:B (default: dcgan or mlp, from "
+                    "the data)")
     pt.add_argument("--prior", choices=("gaussian", "mixture10", "ring"), default=None,
                     help="aae: the latent prior the codes are matched to (default: gaussian)")
-    pt.add_argument("--loss", default="ns", choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"))
+    pt.add_argument("--loss", default=None, choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"),
+                    help="(default: ns; cyclegan: lsgan)")
     pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
     pt.add_argument("--image-size", type=int, default=None, help="16, 32, 64 or 128 (default: 32 for digits)")
@@ -393,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--sweep", type=int, default=None,
                     help="InfoGAN: a grid whose rows are the categorical codes and whose columns sweep this "
                     "continuous code (0 or 1) from -1 to 1")
+    ps.add_argument("--source", default=None, help="translation models: an image, a folder of images or a dataset "
+                    "name (e.g. digits) to translate")
+    ps.add_argument("--reverse", action="store_true", help="translation models: translate B -> A (default A -> B)")
     ps.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
     ps.add_argument("--save-tensor", default=None, help="also torch.save the samples to this file")
     return p

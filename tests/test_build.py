@@ -1,6 +1,5 @@
 """The build contract: recorded facts, the torch-version guard, `fastgan info`."""
 import json
-import os
 import subprocess
 import sys
 

@@ -260,8 +260,8 @@ VARIANTS_DDP_SCRIPT = r'''
 import sys, torch
 torch.set_num_threads(1)
 from fastgan import models
-from fastgan.data import load_dataset
-from fastgan.objectives import AAE, VAE, Conditional, InfoGAN, QHead
+from fastgan.data import load_dataset, load_domains
+from fastgan.objectives import AAE, VAE, Conditional, CycleGAN, InfoGAN, QHead
 from fastgan.train import GANTrainer
 out, ds = sys.argv[1], load_dataset("digits", 16)
 builds = {
@@ -272,13 +272,17 @@ builds = {
     "aae": lambda: (models.DCGANGenerator(4, 1, 16, 4), models.MLPDiscriminator(4, 8, 2), 4, {"r1_gamma": 1.0},
                     AAE(models.ConvEncoder(4, 1, 16, 4), prior="ring")),
     "vae": lambda: (models.DCGANGenerator(4, 1, 16, 4), None, 4, {}, VAE(models.ConvEncoder(8, 1, 16, 4))),
+    "cyclegan": lambda: (models.ResnetGenerator(3, 3, 4, 1), models.PatchDiscriminator(3, 4, 1), 1, {"loss": "lsgan"},
+                         CycleGAN(models.ResnetGenerator(3, 3, 4, 1), models.PatchDiscriminator(3, 4, 1),
+                                  classifier_steps=20)),
 }
+data = {"cyclegan": load_domains("digits:digits-m", 16)}
 res = {}
 for name, build in builds.items():
     torch.manual_seed(0)
     G, D, z, kw, obj = build()
     t = GANTrainer(G, D, z_dim=z, objective=obj, ema_decay=0.9, **kw)
-    t.fit(ds, 3, 8, out_dir=f"{out}/{name}", sample_every=3, checkpoint_every=3, log_every=1, progress=False)
+    t.fit(data.get(name, ds), 3, 8, out_dir=f"{out}/{name}", sample_every=3, checkpoint_every=3, log_every=1, progress=False)
     res[name] = {k: m.state_dict() for k, m in t.nets.items()}
     res[name + "/world"] = t.world
 torch.save(res, f"{out}/variants{t.rank}.pt")
@@ -286,7 +290,7 @@ torch.save(res, f"{out}/variants{t.rank}.pt")
 
 
 def test_ddp_two_processes_every_objective(tmp_path):
-    """cdcgan, InfoGAN, the AAE and the VAE under torchrun (2 gloo processes): every network the
+    """cdcgan, InfoGAN, the AAE, the VAE and CycleGAN under torchrun (2 gloo processes): every network the
     objective adds is DDP-wrapped (identical weights on both ranks), rank 0 checkpoints the run."""
     script = tmp_path / "ddp_variants.py"
     script.write_text(VARIANTS_DDP_SCRIPT)
@@ -297,7 +301,8 @@ def test_ddp_two_processes_every_objective(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"variants{r}.pt") for r in (0, 1))
     nets = {"cdcgan": {"generator", "discriminator"}, "infogan": {"generator", "discriminator", "q"},
-            "aae": {"generator", "discriminator", "encoder"}, "vae": {"generator", "encoder"}}
+            "aae": {"generator", "discriminator", "encoder"}, "vae": {"generator", "encoder"},
+            "cyclegan": {"generator", "discriminator", "g_ba", "d_a"}}
     for name, want in nets.items():
         assert r0[name + "/world"] == 2 and set(r0[name]) == want, name
         for net in want:

@@ -65,8 +65,17 @@ def test_load_domains_and_its_errors():
     assert DomainDataset([gray, load_dataset("digits-m", 16)]).channels == 3 and gray.x.shape[1] == 1  # not mutated
     dd = load_domains("digits:digits-m", 16)
     assert isinstance(dd, DomainDataset) and dd.names == ["digits", "digits-m"] and dd.channels == 3
-    assert dd.domains[0].x.shape == (1797, 3, 16, 16)  # grayscale repeated to RGB beside an RGB domain
-    assert torch.equal(dd.domains[0].x[:, 0], dd.domains[0].x[:, 2]) and len(dd) == 1797
+    assert dd.domains[0].x.shape == (1527, 3, 16, 16)  # grayscale repeated to RGB beside an RGB domain
+    assert torch.equal(dd.domains[0].x[:, 0], dd.domains[0].x[:, 2]) and len(dd) == 1797 - 270
+    # 15% held out, the same digits in both domains, none of them trained on
+    assert [len(d) for d in dd.held_out] == [270, 270] and torch.equal(dd.held_out[0].y, dd.held_out[1].y)
+    full = load_dataset("digits", 16)
+    both = torch.cat([dd.held_out[0].x[:, :1], dd.domains[0].x[:, :1]])
+    order = lambda x: x.flatten(1).double() @ torch.rand(256, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    torch.testing.assert_close(order(both).sort().values, order(full.x).sort().values)  # a split of the digits
+    assert load_domains("digits:digits-inv", 8, holdout=0).held_out is None
+    with pytest.raises(ValueError, match="argument 'holdout' must be in"):
+        load_domains("digits:digits-inv", holdout=1.0)
     assert load_domains("digits:digits-inv:digits-thick", 16).channels == 1
     for bad in ("digits", "digits:", ":digits", 3):
         with pytest.raises(ValueError, match="expected two or more datasets separated by ':'"):

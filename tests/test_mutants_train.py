@@ -7,7 +7,6 @@ test (by-hand arithmetic, PIL/numpy), not from the code under test.
 import random
 import re
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -1579,7 +1578,7 @@ def test_a_fresh_index_stream_is_at_position_zero():
 # ---- fastgan/train/trainer.py: what the first pass left --------------------------------------
 def test_samples_png_gets_the_modes_and_the_step(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(report, "save_samples", lambda x, path, modes=None, title="": calls.append(
+    monkeypatch.setattr(report, "save_samples", lambda x, path, modes=None, title="", nrow=None: calls.append(
         (x.shape, os.path.basename(path), modes, title)))
     monkeypatch.setattr(report, "plot_curves", lambda *a, **k: None)
     x = _data(8)

@@ -677,3 +677,20 @@ def test_infogan_q_recovers_the_categorical_code():
     t = GANTrainer(G, D, z_dim=74, ema_decay=0.99, objective=obj, seed=0, device="cpu")
     hist = t.fit(ds, 300, 64, progress=False, log_every=50)
     assert hist[-1]["q_acc"] >= 0.9, hist[-1]
+
+
+def test_infogan_code_matches_the_digits_with_the_papers_rates():
+    """Quality: InfoGAN with the paper's rates (G 1e-3, D and Q 2e-4; the CLI's default) at 16 px,
+    width 16, seed 0, 800 steps: its categorical code matches the digit classes under the best
+    one-to-one assignment for >= 50% of 1,000 samples (measured 69.7%; 25.7% with 2e-4 for both)."""
+    from fastgan.models.dcgan import _widths
+    ds = load_dataset("digits", 16)
+    torch.manual_seed(0)
+    G, D = models.DCGANGenerator(74, 1, 16, 16), models.DCGANDiscriminator(1, 16, 16)
+    t = GANTrainer(G, D, z_dim=74, lr_g=1e-3, lr_d=2e-4, ema_decay=0.99,
+                   objective=InfoGAN(QHead(_widths(16, 16)[0] * 16, 10, 2)), seed=0, device="cpu")
+    t.fit(ds, 800, 64, progress=False, log_every=200)
+    y = t.objective.sample_labels(1000)
+    x = t.sample(1000, z=torch.randn(1000, 74, generator=torch.Generator().manual_seed(7)), y=y)
+    res = metrics.evaluator_for(ds)(x, labels=y)
+    assert res["matched_accuracy"] >= 50, res["matched_accuracy"]

@@ -127,7 +127,7 @@ class DomainDataset:
 
     kind = "domains"
 
-    def __init__(self, domains, names=None):
+    def __init__(self, domains, names=None, held_out=None):
         if len(domains) < 2:
             raise ValueError(f"DomainDataset: needs at least two domains, got {len(domains)}")
         sizes = {tuple(d.x.shape[2:]) for d in domains}
@@ -143,6 +143,8 @@ class DomainDataset:
                 d = GANDataset(d.x.expand(-1, c, -1, -1).contiguous(), d.y, name=d.name)  # the caller's is kept
             self.domains.append(d)
         self.names = list(names) if names is not None else [d.name for d in domains]
+        #: per domain, images kept out of training (for evaluating translations), or None
+        self.held_out = None if held_out is None else DomainDataset(held_out, self.names).domains
 
     def __len__(self):
         return max(len(d) for d in self.domains)
@@ -155,13 +157,24 @@ class DomainDataset:
         return f"DomainDataset({' : '.join(f'{n} {len(d)}' for n, d in zip(self.names, self.domains))})"
 
 
-def load_domains(spec: str, image_size=None) -> DomainDataset:
-    """'A:B[:C...]' -> a DomainDataset of those datasets (built-in names or paths, as load_dataset)."""
+def load_domains(spec: str, image_size=None, holdout: float = 0.15, seed: int = 0) -> DomainDataset:
+    """'A:B[:C...]' -> a DomainDataset of those datasets (built-in names or paths, as load_dataset),
+    with a random `holdout` fraction of each kept out of training as `held_out` (the same indices in
+    domains of equal length, so the digit domains hold out the same digits)."""
     parts = spec.split(":") if isinstance(spec, str) else []
     if len(parts) < 2 or not all(parts):
         raise ValueError(f"load_domains: expected two or more datasets separated by ':' (e.g. digits:digits-m), "
                          f"got {spec!r}")
-    return DomainDataset([load_dataset(p, image_size) for p in parts], parts)
+    if not 0 <= holdout < 1:
+        raise ValueError(f"load_domains: argument 'holdout' must be in [0, 1), got {holdout!r}")
+    train, held = [], []
+    for p in parts:
+        d = load_dataset(p, image_size)
+        perm = torch.randperm(len(d), generator=torch.Generator().manual_seed(seed))
+        k = int(round(holdout * len(d)))
+        for out, idx in ((held, perm[:k].sort().values), (train, perm[k:].sort().values)):
+            out.append(GANDataset(d.x[idx], None if d.y is None else d.y[idx], name=d.name, kind=d.kind))
+    return DomainDataset(train, parts, held_out=held if holdout > 0 else None)
 
 
 # ---- helpers ------------------------------------------------------------------------------------

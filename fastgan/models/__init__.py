@@ -4,12 +4,14 @@ from .autoencoder import ConvEncoder  # noqa: F401
 from .dcgan import DCGANDiscriminator, DCGANGenerator, IMAGE_SIZES, init_dcgan_  # noqa: F401
 from .conditional import (ConditionalDCGANGenerator, ConditionalMLPGenerator, ProjectionDCGANDiscriminator,  # noqa: F401
                           ProjectionHead, ProjectionMLPDiscriminator)
+from .cyclegan import PatchDiscriminator, ResnetGenerator, patch_layers  # noqa: F401
 from .mlp import MLPDiscriminator, MLPGenerator  # noqa: F401
 
 # name -> (generator class, discriminator class): used by checkpoints and the command line
 REGISTRY = {"dcgan": (DCGANGenerator, DCGANDiscriminator), "mlp": (MLPGenerator, MLPDiscriminator),
             "cmlp": (ConditionalMLPGenerator, ProjectionMLPDiscriminator),
-            "cdcgan": (ConditionalDCGANGenerator, ProjectionDCGANDiscriminator)}
+            "cdcgan": (ConditionalDCGANGenerator, ProjectionDCGANDiscriminator),
+            "cyclegan": (ResnetGenerator, PatchDiscriminator)}
 
 
 def build(kind: str, g_config: dict, d_config: dict):

@@ -1,6 +1,5 @@
 """FusedInstanceNormAct2d: nn.InstanceNorm2d followed by an activation, in one fused op each way
 (see fastgan.ops.instance_norm_act)."""
-import torch
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..ops.batch_norm_act import ACTS as NATIVE_ACTS

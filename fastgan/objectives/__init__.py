@@ -6,3 +6,4 @@ from .conditional import Conditional  # noqa: F401
 from .infogan import InfoGAN, QHead  # noqa: F401
 from .aae import AAE  # noqa: F401
 from .vae import VAE  # noqa: F401
+from .cyclegan import CycleGAN  # noqa: F401

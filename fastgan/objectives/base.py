@@ -13,6 +13,7 @@ scalars are logged. It reaches the trainer only through this small API:
     t.frozen(*names)     a context: those networks get no weight gradients (single process: their
                          parameters are frozen; under DDP: no all-reduce), as D in G's update
     t.update(player, loss)   zero_grad, backward (scaled under fp16), optimiser step of `player`
+    t.scale_lr(player, f) that player's learning rate: f times its initial one
     t.step, t.device, t.world and the game settings (t.loss, t.d_steps, t.r1_gamma, t.r1_every,
     t.gp_weight)
 """

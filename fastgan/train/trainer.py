@@ -249,6 +249,13 @@ class GANTrainer:
             scaler.step(opt)
             scaler.update()
 
+    def scale_lr(self, player: str, factor: float):
+        """Set `player`'s learning rate to `factor` times its initial one (schedules computed from
+        t.step by an objective, e.g. CycleGAN's linear decay: nothing to save, exact on resume)."""
+        for group in self.optimizers[player].param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+
     def _train_step(self, batches):
         out = self.objective.step(self, batches)
         if self.ema is not None:
