@@ -144,6 +144,40 @@ def sweep_batch_norm_act(c, device, dtype, quick=False):
             c.cases += 1
 
 
+def sweep_instance_norm_act(c, device, dtype, quick=False):
+    """InstanceNorm + ReLU / LeakyReLU: CycleGAN-like planes, NCHW and channels_last, both modes."""
+    shapes = (((2, 6, 9, 8), None), ((3, 16, 5, 5), torch.channels_last), ((1, 32, 16, 16), None))
+    for shape, fmt in shapes[:2] if quick else shapes:
+        for use_input_stats, act in ((True, "relu"), (True, "lrelu"), (False, "lrelu")):
+            C = shape[1]
+            x = _randn(shape, dtype, device, scale=2, seed=6) + 0.5
+            if fmt is not None:
+                x = x.contiguous(memory_format=fmt)
+            x.requires_grad_(True)
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            w = (torch.rand(C, dtype=acc) + 0.5).to(device).requires_grad_(True)
+            b = torch.randn(C, dtype=acc).to(device).requires_grad_(True)
+            rm, rv = torch.randn(C, dtype=acc).to(device), (torch.rand(C, dtype=acc) + 0.5).to(device)
+            rmr, rvr = rm.double().cpu(), rv.double().cpu()
+            kw = dict(use_input_stats=use_input_stats, act=act, alpha=0.2)
+            y = fastgan.ops.instance_norm_act(x, w, b, rm, rv, **kw)
+            gy = _randn(shape, dtype, device, seed=7)
+            gx, gw, gb = _grads(y, (x, w, b), gy)
+            xr = x.detach().double().cpu().requires_grad_()
+            wr, br = w.detach().double().cpu().requires_grad_(), b.detach().double().cpu().requires_grad_()
+            yr = R.instance_norm_act(xr, wr, br, rmr, rvr, **kw)
+            gxr, gwr, gbr = _grads(yr, (xr, wr, br), gy.double().cpu())
+            what = f"{shape} {act} {'input' if use_input_stats else 'running'} stats"
+            n = x.numel() // C
+            c.close(y, yr, what + " y", scale=4)
+            c.close(gx, gxr, what + " grad x", scale=8)
+            c.close(gw, gwr, what + " grad weight", scale=4 * n ** 0.5)
+            c.close(gb, gbr, what + " grad bias", scale=4 * n ** 0.5)
+            c.close(rm, rmr, what + " running_mean", scale=4)
+            c.close(rv, rvr, what + " running_var", scale=4)
+            c.cases += 1
+
+
 # The DCGAN-64 generator's transposed convolutions (batch 2); the emulator runs them 4x narrower.
 DCGAN_LAYERS = [(100, 512, 1, 1, 0, "relu"), (512, 256, 4, 2, 1, "relu"), (256, 128, 8, 2, 1, "relu"),
                 (128, 64, 16, 2, 1, "relu"), (64, 3, 32, 2, 1, "tanh")]
@@ -216,7 +250,7 @@ def sweep_penalty(c, device, dtype, quick=False):
             c.cases += 1
 
 
-OPS = {"bias_act": sweep_bias_act, "batch_norm_act": sweep_batch_norm_act,
+OPS = {"bias_act": sweep_bias_act, "batch_norm_act": sweep_batch_norm_act, "instance_norm_act": sweep_instance_norm_act,
        "conv_transpose2d_act": sweep_conv_transpose, "gan_loss": sweep_gan_loss,
        "grad_penalty": sweep_penalty}
 
