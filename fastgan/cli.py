@@ -327,6 +327,8 @@ def _sample_translation(args, ck, G, path) -> int:
         net.load_state_dict(ck["nets"]["g_ba"])
         net.eval()
     size = _image_size_of(path)  # the generator is convolutional; sources are resized to the trained size
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
     x = _load_source(args.source, size, net.config["in_channels"])[:args.n or 16]
     with torch.no_grad():
         y = torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)])

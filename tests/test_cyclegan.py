@@ -153,6 +153,17 @@ def test_learning_rates_decay_linearly_to_zero():
         CycleGAN(Tiny(), Tiny(False), pool=-1)
 
 
+def test_without_a_pool_and_the_settings_it_refuses():
+    data = _data()
+    t, _ = _tiny_game(pool=0)
+    t.fit(data, 2, 4, progress=False)  # D trains on the current fakes, detached from G's graph
+    assert all(torch.isfinite(p).all() for p in t.nets["d_a"].parameters())
+    for kw, what in ((dict(r1_gamma=1.0), "r1_gamma=1.0"), (dict(gp_weight=10.0), "gp_weight=10.0"),
+                     (dict(d_steps=2), "d_steps=2"), (dict(loss="rals"), "loss=rals")):
+        with pytest.raises(ValueError, match=f"CycleGAN uses neither R1.*got {what}"):
+            GANTrainer(Tiny(), Tiny(False), z_dim=1, objective=CycleGAN(Tiny(), Tiny(False)), **kw)
+
+
 def test_exact_resume_with_the_pools_and_the_decay(tmp_path):
     data = _data()
     t, _ = _tiny_game(pool=3, decay=(3, 9))
@@ -234,6 +245,7 @@ def test_cli_trains_resumes_and_translates(tmp_path, capsys):
     # errors: one line each
     for argv, msg in (
             (["sample", "--checkpoint", out], "holds a translation model (cyclegan): pass --source"),
+            (["sample", "--checkpoint", out, "--source", "digits", "--n", "0"], "--n must be >= 1, got 0"),
             (["sample", "--checkpoint", out, "--source", str(tmp_path / "nope")], "--source: no such dataset"),
             (["train", "--model", "cyclegan", "--data", "digits", "--out", str(tmp_path / "x")],
              "translates between two image domains: pass --data A:B"),

@@ -20,16 +20,18 @@ from .gan import acc
 class ImagePool:
     """Shrivastava et al. 2017's history of generated images: until `size` are stored, a query returns
     its images and stores them; then each image, with probability 1/2, is swapped for a random
-    stored one (returned instead, the new one stored in its place). Its RNG is its own and saved."""
+    stored one (returned instead, the new one stored in its place). Its RNG is its own and saved.
+    Under torchrun each process keeps its own pools and checkpoints hold rank 0's, so a resumed
+    multi-process run restarts every rank from rank 0's pools (single process: exact)."""
 
     def __init__(self, size: int = 50, seed: int = 0):
         self.size, self.images, self.count = size, None, 0
         self.gen = torch.Generator().manual_seed(seed)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
         if self.size == 0:
             return x
-        x = x.detach()
         if self.images is None:
             self.images = x.new_zeros((self.size,) + tuple(x.shape[1:]))
         out = x.clone()
@@ -83,6 +85,11 @@ class CycleGAN(Objective):
         return {"g": ("generator", "g_ba"), "d": ("discriminator", "d_a")}
 
     def bind(self, t):
+        unused = [f"{name}={v}" for name, v, off in (("r1_gamma", t.r1_gamma, 0), ("gp_weight", t.gp_weight, 0),
+                                                     ("d_steps", t.d_steps, 1)) if v != off]
+        if unused or t.loss == "rals":
+            raise ValueError("GANTrainer: CycleGAN uses neither R1, WGAN-GP, several D steps nor the rals loss "
+                             f"(its step has none of them); got {', '.join(unused) or 'loss=rals'}")
         self.pools = [ImagePool(self.pool_size, t.seed + 11), ImagePool(self.pool_size, t.seed + 13)]
         self.device = t.device
 

@@ -87,7 +87,7 @@ def save_samples(x: torch.Tensor, path: str, modes=None, title: str = "", nrow=N
 
 #: the loss curves plotted in the first panel, when logged: (key, label)
 LOSS_CURVES = (("d_loss", "D loss"), ("g_loss", "G loss"), ("recon", "reconstruction"), ("kl", "KL"),
-               ("info", "L_I (InfoGAN)"), ("cycle", "cycle L1 (x10 in G loss)"))
+               ("info", "L_I (InfoGAN)"), ("cycle", "cycle L1"))
 
 
 def plot_curves(history, path: str):
