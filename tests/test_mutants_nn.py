@@ -285,9 +285,9 @@ module   was                     now                                      note
 11       _MyConv                 (left)                                   subclass of nn.Conv2d (its forward may differ)
 12.conv  Conv2d                  FusedConv2d                              replaced; not in an nn.Sequential, so no activation fused
 12.bn    BatchNorm2d             (left)                                   not in an nn.Sequential: an activation applied in forward() is not seen
-12.act   ELU                     (left)                                   activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d in an nn.Sequential
+12.act   ELU                     (left)                                   activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d/InstanceNorm2d in an nn.Sequential
 13       Conv2d                  FusedConv2d                              replaced; not fused with 14: a hook on one of the pair would see another tensor
-14       SiLU                    (left)                                   activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d in an nn.Sequential
+14       SiLU                    (left)                                   activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d/InstanceNorm2d in an nn.Sequential
 15       BatchNorm2d             (left)                                   no activation follows it (next: end of Sequential)
 3 replaced, 4 fused pairs, 6 left, 1 already fastgan
 """
@@ -338,9 +338,9 @@ module  was            now                             note
 4       BatchNorm2d    (left)                          no activation follows it (next: Linear)
 5       Linear         (left)                          no fastgan counterpart
 6       BatchNorm2d    (left)                          a hook on one of the pair would see another tensor
-7       ReLU           (left)                          activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d in an nn.Sequential
+7       ReLU           (left)                          activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d/InstanceNorm2d in an nn.Sequential
 8       LeakyReLU      FusedLeakyReLU                  replaced
-9       GELU           (left)                          activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d in an nn.Sequential
+9       GELU           (left)                          activation not directly after a Conv2d/ConvTranspose2d/BatchNorm2d/InstanceNorm2d in an nn.Sequential
 11      Conv2d         FusedConv2d                     replaced; no activation follows (next: end of Sequential)
 3 replaced, 1 fused pairs, 5 left
 """
