@@ -381,6 +381,7 @@ def test_cli_trains_and_samples_the_autoencoders(tmp_path, capsys):
 
 
 # ---- quality (seeded; fail on regression) -------------------------------------------------------------
+@pytest.mark.quality
 def test_aae_codes_match_the_prior():
     """Quality: the AAE at 16 px (width 16, an 8-d code, Gaussian prior, R1 1 on the prior draws as
     the CLI's default, Adam 2e-4, seed 0), 400 steps: the codes of the digits against prior draws,
@@ -398,6 +399,7 @@ def test_aae_codes_match_the_prior():
     assert abs(res["latent_mmd_floor"]) < 0.005, res
 
 
+@pytest.mark.quality
 def test_vae_learns_digits():
     """Quality: the VAE at 16 px (width 16, an 8-d code, sigma 0.5 as the default, Adam 2e-4, EMA
     0.99, seed 0), 400 steps: -ELBO (measured 46.8 nats; 126 at step 200) and the samples' Fréchet

@@ -262,6 +262,7 @@ def test_cli_trains_resumes_and_translates(tmp_path, capsys):
     assert "holds no translation model" in capsys.readouterr().err
 
 
+@pytest.mark.quality
 def test_cyclegan_translations_keep_the_digit():
     """Quality: the CLI's settings (digits <-> digits-m at 16 px, width 16, 4 blocks, batch 8, LSGAN,
     lam 10, identity 0.5, pools of 50, seed 0), 500 steps, no decay: held-out digits translated to

@@ -487,6 +487,7 @@ def test_conditional_dcgan_shapes_classes_and_init():
     assert models.kind_of(G2) == models.kind_of(D2) == "cdcgan"
 
 
+@pytest.mark.quality
 def test_cdcgan_samples_are_their_class():
     """Quality: the conditional DCGAN of `fastgan train --model cdcgan` (digits at 32 px, width 32,
     z 100, Adam 2e-4, EMA 0.99, seed 0), shortened to 750 steps: the dataset's own classifier labels
@@ -506,6 +507,7 @@ def test_cdcgan_samples_are_their_class():
     assert datasets is not None
 
 
+@pytest.mark.quality
 def test_cmlp_ring8_every_mode_on_call():
     """Quality: `fastgan train --data ring8 --model cmlp` settings (Adam 1e-3, R1 0.1, EMA 0.99, batch
     100, seed 0), 2,000 steps: every mode covered and the samples asked for mode k mostly at mode k
@@ -664,6 +666,7 @@ def test_cli_infogan_trains_samples_and_sweeps(tmp_path, capsys):
     assert "holds no InfoGAN" in capsys.readouterr().err
 
 
+@pytest.mark.quality
 def test_infogan_q_recovers_the_categorical_code():
     """Quality: `fastgan train --model infogan` settings (digits 32 px, width 32, 62 noise + 10-way
     categorical + 2 continuous codes, lambda 1, Adam 2e-4, seed 0), 300 steps: Q names the
@@ -679,6 +682,7 @@ def test_infogan_q_recovers_the_categorical_code():
     assert hist[-1]["q_acc"] >= 0.9, hist[-1]
 
 
+@pytest.mark.quality
 def test_infogan_code_matches_the_digits_with_the_papers_rates():
     """Quality: InfoGAN with the paper's rates (G 1e-3, D and Q 2e-4; the CLI's default) at 16 px,
     width 16, seed 0, 800 steps: its categorical code matches the digit classes under the best

@@ -343,6 +343,7 @@ def test_bad_arguments(digits16):
     assert isinstance(t.opt_d, torch.optim.SGD)
 
 
+@pytest.mark.quality
 def test_ring8_converges():
     """Mode coverage on ring8 with the settings of `fastgan train --data ring8` (NS loss, R1 0.1,
     Adam 1e-3, batch 100, seed 0), shortened to 2,000 steps: all 8 modes, most samples within 3 std.
