@@ -39,7 +39,9 @@ def _cmd_selftest(args) -> int:
 CONDITIONAL = ("cmlp", "cdcgan")  # models trained with fastgan.objectives.Conditional
 AUTOENCODERS = ("aae", "vae")  # an encoder beside the DCGAN generator (the decoder)
 INFO_CODES = (10, 2)  # InfoGAN on digits: one 10-way categorical code, two continuous ones
-TRANSLATION = ("cyclegan",)  # image-to-image models: --data A:B (unpaired domains)
+TRANSLATION = ("cyclegan", "stargan")  # image-to-image models: --data A:B[:C...] (unpaired domains)
+STAR_DOMAINS = "digits:digits-m:digits-inv:digits-thick"  # StarGAN's default: the four digit domains
+STAR_IDENTITY = 5.0  # StarGAN's identity loss on the CLI (docs/stargan.md: without it, translations lose the digit)
 
 
 class CLIError(Exception):
@@ -83,8 +85,11 @@ def _cmd_train(args) -> int:
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
             raise CLIError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) here")
     translation = args.model in TRANSLATION
-    args.data = args.data or ("digits:digits-m" if translation else "digits")
+    args.data = args.data or {"cyclegan": "digits:digits-m", "stargan": STAR_DOMAINS}.get(args.model, "digits")
     if (":" in args.data) != translation:
+        if args.model == "stargan":
+            raise CLIError(f"--model stargan translates between several image domains: pass --data A:B[:C...] "
+                           f"(e.g. {STAR_DOMAINS})")
         if translation:
             raise CLIError(f"--model {args.model} translates between two image domains: pass --data A:B "
                            "(e.g. digits:digits-m)")
@@ -104,6 +109,9 @@ def _cmd_train(args) -> int:
             ds = fdata.load_dataset(args.data, probe)
     except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
         raise CLIError(f"--data: {e}") from None
+    if args.identity is not None and (not translation or args.identity < 0):
+        raise CLIError(f"--identity must be >= 0, got {args.identity}" if translation else
+                       "--identity is the translation models' identity loss (--model cyclegan or stargan); drop it")
     if translation:
         return _train_translation(args, ds)
     model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
@@ -190,8 +198,9 @@ def _steps(args, image: bool) -> int:
 def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective):
     from fastgan.train import GANTrainer
     try:
-        return GANTrainer(G, D, z_dim=z_dim, loss=loss, d_steps=args.d_steps, lr_g=lr_g, lr_d=lr_d,
-                          r1_gamma=r1, r1_every=args.r1_every, gp_weight=args.gp_weight,
+        return GANTrainer(G, D, z_dim=z_dim, loss=loss, d_steps=1 if args.d_steps is None else args.d_steps,
+                          lr_g=lr_g, lr_d=lr_d, r1_gamma=r1, r1_every=args.r1_every,
+                          gp_weight=0.0 if args.gp_weight is None else args.gp_weight,
                           ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
                           compile=args.compile, objective=objective)
     except (ValueError, TypeError) as e:
@@ -199,28 +208,50 @@ def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective):
 
 
 def _train_translation(args, ds) -> int:
-    """CycleGAN on unpaired domains: the ResNet generators and PatchGAN discriminators sized to the
-    images, LSGAN, lam 10, identity 0.5, pools of 50, the rates decayed linearly over the second half."""
+    """Translation models on unpaired domains, sized to the images, the rates decayed linearly over
+    the second half. CycleGAN: ResNet generators and PatchGAN discriminators, LSGAN, lam 10, identity
+    0.5, pools of 50. StarGAN: one generator for all domains, WGAN-GP (10), 5 D updates per G update,
+    lr 1e-4, a batch of 4 per domain, and an identity loss of STAR_IDENTITY (not the paper's: see
+    docs/stargan.md)."""
     import torch
     from fastgan import models
-    from fastgan.objectives import CycleGAN
     size = ds.domains[0].x.shape[-1]
     if size % 4 or size < 16:
         raise CLIError(f"--image-size must be a multiple of 4 and at least 16 for --model {args.model}, got {size}")
     torch.manual_seed(args.seed)
     c = ds.channels
     width = args.width or (16 if size <= 32 else 32 if size <= 64 else 64)
-    blocks = 4 if size <= 32 else 6 if size <= 128 else 9  # the paper: 6 at 128 px, 9 at 256
-    layers = models.patch_layers(size)
-    G, F = models.ResnetGenerator(c, c, width, blocks), models.ResnetGenerator(c, c, width, blocks)
-    D_B, D_A = models.PatchDiscriminator(c, width, layers), models.PatchDiscriminator(c, width, layers)
+    blocks = 4 if size <= 32 else 6 if size <= 128 else 9  # the papers: 6 at 128 px, 9 at 256 (CycleGAN)
     steps = _steps(args, True)
-    objective = CycleGAN(F, D_A, decay=(steps // 2, steps))
-    lr = args.lr or 2e-4
     ema = args.ema_decay or None  # off unless asked
-    tr = _trainer(args, G, D_B, 1, args.loss or "lsgan", args.lr_g or lr, args.lr_d or lr,
+    if args.model == "cyclegan":
+        from fastgan.objectives import CycleGAN
+        if len(ds.domains) != 2:
+            raise CLIError(f"CycleGAN translates between two domains; --data {args.data} names "
+                           f"{len(ds.domains)} (--model stargan takes more)")
+        layers = models.patch_layers(size)
+        G, F = models.ResnetGenerator(c, c, width, blocks), models.ResnetGenerator(c, c, width, blocks)
+        D_B, D_A = models.PatchDiscriminator(c, width, layers), models.PatchDiscriminator(c, width, layers)
+        objective = CycleGAN(F, D_A, decay=(steps // 2, steps),
+                             identity=0.5 if args.identity is None else args.identity)
+        lr = args.lr or 2e-4
+        tr = _trainer(args, G, D_B, 1, args.loss or "lsgan", args.lr_g or lr, args.lr_d or lr,
+                      args.r1_gamma or 0.0, ema, objective)
+        return _fit(args, tr, ds, args.model, steps, args.batch_size or 8, width, size)
+    from fastgan.objectives import StarGAN
+    k = len(ds.domains)
+    G = models.StarGenerator(c, k, width, blocks)
+    D = models.StarDiscriminator(c, k, size, width)
+    objective = StarGAN(decay=(steps // 2, steps), names=ds.names,
+                        identity=STAR_IDENTITY if args.identity is None else args.identity)
+    lr = args.lr or 1e-4
+    if args.gp_weight is None:
+        args.gp_weight = 10.0
+    if args.d_steps is None:
+        args.d_steps = 5
+    tr = _trainer(args, G, D, 1, args.loss or "wgan", args.lr_g or lr, args.lr_d or lr,
                   args.r1_gamma or 0.0, ema, objective)
-    return _fit(args, tr, ds, args.model, steps, args.batch_size or 8, width, size)
+    return _fit(args, tr, ds, args.model, steps, args.batch_size or 4, width, size)
 
 
 def _fit(args, tr, ds, model, steps, batch, width, image_size) -> int:
@@ -314,11 +345,19 @@ def _sample_translation(args, ck, G, path) -> int:
     from fastgan import models
     from fastgan.train.report import save_image_grid
     cfg = ck.get("config") or {}
-    if cfg.get("objective") != "cyclegan":
-        raise CLIError(f"--source: {path} holds no translation model ({cfg.get('objective', 'gan')}); drop --source")
+    kind = cfg.get("objective")
+    if kind not in ("cyclegan", "stargan"):
+        flag = "--source" if args.source is not None else "--domain"
+        raise CLIError(f"{flag}: {path} holds no translation model ({kind or 'gan'}); drop {flag}")
     if args.source is None:
-        raise CLIError(f"{path} holds a translation model (cyclegan): pass --source IMAGE, FOLDER or a dataset name "
+        raise CLIError(f"{path} holds a translation model ({kind}): pass --source IMAGE, FOLDER or a dataset name "
                        "(e.g. --source digits)")
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    if args.domain is not None and kind != "stargan":
+        raise CLIError(f"--domain: {path} holds a two-domain model ({kind}); use --reverse for B -> A")
+    if kind == "stargan":
+        return _sample_star(args, ck, G, path, cfg)
     net = G
     if args.reverse:
         conf = cfg.get("g_ba") or dict(G.config, in_channels=G.config["out_channels"],
@@ -327,8 +366,6 @@ def _sample_translation(args, ck, G, path) -> int:
         net.load_state_dict(ck["nets"]["g_ba"])
         net.eval()
     size = _image_size_of(path)  # the generator is convolutional; sources are resized to the trained size
-    if args.n is not None and args.n < 1:
-        raise CLIError(f"--n must be >= 1, got {args.n}")
     x = _load_source(args.source, size, net.config["in_channels"])[:args.n or 16]
     with torch.no_grad():
         y = torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)])
@@ -343,6 +380,48 @@ def _sample_translation(args, ck, G, path) -> int:
         torch.save(y, args.save_tensor)
     print(f"fastgan: {len(x)} translations ({'B -> A' if args.reverse else 'A -> B'}) of {args.source} from {path} "
           f"(step {ck['step']}) -> {args.out} (rows: sources, translations)")
+    return 0
+
+
+def _sample_star(args, ck, G, path, cfg) -> int:
+    """fastgan sample on a StarGAN checkpoint: --source into --domain (a name or an index), one row of
+    8 sources then their translations; or, without --domain, into every domain: per row a source and
+    its translations in domain order."""
+    import torch
+    from fastgan.train.report import save_image_grid
+    if args.reverse:
+        raise CLIError("--reverse: StarGAN translates into any domain; pick it with --domain")
+    names = cfg.get("domains") or [str(i) for i in range(G.num_domains)]
+    dom = None
+    if args.domain is not None:
+        if args.domain in names:
+            dom = names.index(args.domain)
+        elif args.domain.isdigit() and int(args.domain) < G.num_domains:
+            dom = int(args.domain)
+        else:
+            raise CLIError(f"--domain must be one of {', '.join(names)} (or 0..{G.num_domains - 1}), "
+                           f"got {args.domain!r}")
+    x = _load_source(args.source, _image_size_of(path), G.config["channels"])[:args.n or (16 if dom is not None else 8)]
+    targets = [dom] if dom is not None else list(range(G.num_domains))
+    with torch.no_grad():
+        ys = [torch.cat([G(x[i:i + 256], torch.full((len(x[i:i + 256]),), c)) for i in range(0, len(x), 256)])
+              for c in targets]
+    if dom is not None:
+        rows, y = [], ys[0]
+        for i in range(0, len(x), 8):
+            pad = x.new_full((max(0, i + 8 - len(x)),) + tuple(x.shape[1:]), -1.0)
+            rows += [x[i:i + 8], pad, y[i:i + 8], pad]
+        grid, nrow, what = torch.cat(rows), 8, f"into {names[dom]} (rows: sources, translations)"
+    else:
+        y = torch.stack(ys, 1)  # (n, K, C, H, W)
+        grid = torch.cat([x[:, None], y], 1).flatten(0, 1)
+        nrow, what = len(targets) + 1, f"(per row: the source, then {', '.join(names)})"
+    d = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(d, exist_ok=True)
+    save_image_grid(grid, args.out, nrow=nrow)
+    if args.save_tensor:
+        torch.save(y, args.save_tensor)
+    print(f"fastgan: {len(x)} translations of {args.source} {what} from {path} (step {ck['step']}) -> {args.out}")
     return 0
 
 
@@ -384,7 +463,8 @@ def _cmd_sample(args) -> int:
     state = ck["ema"] if (ck.get("ema") is not None and not args.no_ema) else ck["generator"]
     G.load_state_dict(state)
     G.eval()
-    if (ck.get("config") or {}).get("objective") == "cyclegan" or args.source is not None:
+    if (ck.get("config") or {}).get("objective") in ("cyclegan", "stargan") or args.source is not None \
+            or args.domain is not None:
         return _sample_translation(args, ck, G, path)
     classes = getattr(G, "num_classes", None)
     cfg = ck.get("config") or {}
@@ -477,27 +557,33 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("train", help="train a GAN; writes samples, curves, metrics and checkpoints",
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
     pt.add_argument("--data", default=None, help="digits | digits-m | digits-inv | digits-thick | ring8 | grid25 | "
-                    "PATH (image folder, MNIST IDX, CIFAR batches, .npy/.npz); translation models: A:B, two of "
-                    "those (default: digits; cyclegan: digits:digits-m)")
-    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "mlp", "cmlp", "cyclegan"),
+                    "PATH (image folder, MNIST IDX, CIFAR batches, .npy/.npz); translation models: A:B[:C...], "
+                    "several of those (default: digits; cyclegan: digits:digits-m; stargan: the four digit domains)")
+    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "mlp", "cmlp", "cyclegan",
+                                                  "stargan"),
                     default=None,
                     help="dcgan for images, mlp for 2-D points; cdcgan / cmlp: their class-conditional versions "
                     "(the digit / the mode as label); infogan: a DCGAN with a 10-way categorical and 2 "
                     "continuous codes; aae: an adversarial autoencoder (--prior); vae: the variational "
-                    "autoencoder baseline; cyclegan: unpaired translation between --data A:B (default: dcgan or mlp, from "
-                    "the data)")
+                    "autoencoder baseline; cyclegan: unpaired translation between --data A:B; stargan: one generator "
+                    "for every domain of --data A:B:C... (default: dcgan or mlp, from the data)")
     pt.add_argument("--prior", choices=("gaussian", "mixture10", "ring"), default=None,
                     help="aae: the latent prior the codes are matched to (default: gaussian)")
     pt.add_argument("--loss", default=None, choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"),
-                    help="(default: ns; cyclegan: lsgan)")
-    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 dcgan, 3000 mlp)")
-    pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp)")
-    pt.add_argument("--image-size", type=int, default=None, help="16, 32, 64 or 128 (default: 32 for digits)")
-    pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128)")
+                    help="(default: ns; cyclegan: lsgan; stargan: wgan)")
+    pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 images, 3000 mlp)")
+    pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp; "
+                    "cyclegan 8; stargan 4 per domain)")
+    pt.add_argument("--image-size", type=int, default=None,
+                    help="16, 32, 64 or 128 (default: 32 for digits); translation models: any multiple of 4 from 16 "
+                    "(default: 16 for the digit domains)")
+    pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128; "
+                    "translation models 16 up to 32 px, 32 up to 64, else 64)")
     pt.add_argument("--z-dim", type=int, default=None,
                     help="noise / code size (default: 100 dcgan, 62 + codes infogan, 8 aae and vae, 2 mlp)")
     pt.add_argument("--lr", type=float, default=None,
-                    help="Adam learning rate of both players (default: 2e-4 images, 1e-3 mlp; infogan: G 1e-3, D 2e-4)")
+                    help="Adam learning rate of both players (default: 2e-4 images, 1e-3 mlp; infogan: G 1e-3, D 2e-4; "
+                    "stargan 1e-4)")
     pt.add_argument("--lr-g", type=float, default=None, help="the generator's learning rate (default: --lr's)")
     pt.add_argument("--lr-d", type=float, default=None, help="the discriminator's learning rate (default: --lr's)")
     pt.add_argument("--out", default=None, help="run folder (default: runs/<data>-<model>[-k])")
@@ -510,8 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--log-every", type=int, default=25)
     pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, 1 aae, off dcgan)")
     pt.add_argument("--r1-every", type=int, default=1, help="lazy R1: every K steps, scaled by K")
-    pt.add_argument("--gp-weight", type=float, default=0.0, help="WGAN-GP weight (0: off)")
-    pt.add_argument("--d-steps", type=int, default=1, help="discriminator updates per generator update")
+    pt.add_argument("--gp-weight", type=float, default=None, help="WGAN-GP weight (0: off; default: off, stargan 10)")
+    pt.add_argument("--identity", type=float, default=None,
+                    help="translation models' identity loss: cyclegan, its weight relative to the cycle loss's "
+                    "(default 0.5); stargan, the weight of |G(x, its own domain) - x| (default %g; the paper: 0)"
+                    % STAR_IDENTITY)
+    pt.add_argument("--d-steps", type=int, default=None,
+                    help="discriminator updates per generator update (default: 1, stargan 5)")
     pt.add_argument("--ema-decay", type=float, default=None,
                     help="EMA of the generator for samples (default: 0.99 dcgan, cdcgan, cmlp; off mlp; 0: off)")
     pt.add_argument("--compile", action="store_true", help="torch.compile both networks")
@@ -533,7 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "continuous code (0 or 1) from -1 to 1")
     ps.add_argument("--source", default=None, help="translation models: an image, a folder of images or a dataset "
                     "name (e.g. digits) to translate")
-    ps.add_argument("--reverse", action="store_true", help="translation models: translate B -> A (default A -> B)")
+    ps.add_argument("--reverse", action="store_true", help="cyclegan: translate B -> A (default A -> B)")
+    ps.add_argument("--domain", default=None, help="stargan: the target domain, by name (e.g. digits-inv) or index "
+                    "(default: every domain, a column each)")
     ps.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
     ps.add_argument("--save-tensor", default=None, help="also torch.save the samples to this file")
     return p

@@ -5,13 +5,14 @@ from .dcgan import DCGANDiscriminator, DCGANGenerator, IMAGE_SIZES, init_dcgan_ 
 from .conditional import (ConditionalDCGANGenerator, ConditionalMLPGenerator, ProjectionDCGANDiscriminator,  # noqa: F401
                           ProjectionHead, ProjectionMLPDiscriminator)
 from .cyclegan import PatchDiscriminator, ResnetGenerator, patch_layers  # noqa: F401
+from .stargan import StarDiscriminator, StarGenerator, star_layers  # noqa: F401
 from .mlp import MLPDiscriminator, MLPGenerator  # noqa: F401
 
 # name -> (generator class, discriminator class): used by checkpoints and the command line
 REGISTRY = {"dcgan": (DCGANGenerator, DCGANDiscriminator), "mlp": (MLPGenerator, MLPDiscriminator),
             "cmlp": (ConditionalMLPGenerator, ProjectionMLPDiscriminator),
             "cdcgan": (ConditionalDCGANGenerator, ProjectionDCGANDiscriminator),
-            "cyclegan": (ResnetGenerator, PatchDiscriminator)}
+            "cyclegan": (ResnetGenerator, PatchDiscriminator), "stargan": (StarGenerator, StarDiscriminator)}
 
 
 def build(kind: str, g_config: dict, d_config: dict):

@@ -8,14 +8,15 @@ from torch import nn
 from ..nn import FusedInstanceNormAct2d
 
 
-def _norm_act(c: int, act: str, fused: bool, slope: float = 0.2):
-    """InstanceNorm2d (no affine, no running statistics: CycleGAN's) followed by `act`: two modules
-    either way (fused: the activation's slot is an nn.Identity), so the state_dict keys agree."""
+def _norm_act(c: int, act: str, fused: bool, slope: float = 0.2, affine: bool = False):
+    """InstanceNorm2d (no running statistics; CycleGAN's without affine, StarGAN's with) followed by
+    `act`: two modules either way (fused: the activation's slot is an nn.Identity), so the
+    state_dict keys agree."""
     if fused:
-        return [FusedInstanceNormAct2d(c, activation=act, negative_slope=slope if act == "lrelu" else None),
-                nn.Identity()]
+        return [FusedInstanceNormAct2d(c, affine=affine, activation=act,
+                                       negative_slope=slope if act == "lrelu" else None), nn.Identity()]
     acts = {"relu": nn.ReLU(True), "lrelu": nn.LeakyReLU(slope, True), "linear": nn.Identity()}
-    return [nn.InstanceNorm2d(c), acts[act]]
+    return [nn.InstanceNorm2d(c, affine=affine), acts[act]]
 
 
 def _check(cls: str, **ints):
@@ -25,13 +26,15 @@ def _check(cls: str, **ints):
 
 
 class ResnetBlock(nn.Module):
-    """x + [reflect-pad, conv3x3, IN + ReLU, reflect-pad, conv3x3, IN](x)."""
+    """x + [reflect-pad, conv3x3, IN + ReLU, reflect-pad, conv3x3, IN](x); `reflect=False`: zero
+    padding (StarGAN's), `affine`: the InstanceNorms learn a scale and shift (StarGAN's)."""
 
-    def __init__(self, c: int, fused: bool = True):
+    def __init__(self, c: int, fused: bool = True, *, reflect: bool = True, affine: bool = False):
         super().__init__()
-        self.block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=False), *_norm_act(c, "relu", fused),
-                                   nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=False),
-                                   *_norm_act(c, "linear", fused))
+        pad = (lambda: [nn.ReflectionPad2d(1)]) if reflect else (lambda: [])
+        conv = (lambda: nn.Conv2d(c, c, 3, bias=False)) if reflect else (lambda: nn.Conv2d(c, c, 3, 1, 1, bias=False))
+        self.block = nn.Sequential(*pad(), conv(), *_norm_act(c, "relu", fused, affine=affine),
+                                   *pad(), conv(), *_norm_act(c, "linear", fused, affine=affine))
 
     def forward(self, x):
         return x + self.block(x)

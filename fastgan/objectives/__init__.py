@@ -7,3 +7,4 @@ from .infogan import InfoGAN, QHead  # noqa: F401
 from .aae import AAE  # noqa: F401
 from .vae import VAE  # noqa: F401
 from .cyclegan import CycleGAN  # noqa: F401
+from .stargan import StarGAN  # noqa: F401

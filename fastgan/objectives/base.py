@@ -99,3 +99,18 @@ def class_rows(t, classes: int, cols: int = 8, max_rows: int = 16):
     each column, so a row shows one class and a column one style: (z, labels, cols)."""
     rows = min(classes, max_rows)
     return (t.fixed_z[:cols].repeat(rows, 1), torch.arange(rows).repeat_interleave(cols), cols)
+
+
+def check_decay(cls: str, decay):
+    """Validate a (first step, last step) learning-rate decay window (None: no decay)."""
+    if decay is not None and not (len(decay) == 2 and 0 <= decay[0] < decay[1]):
+        raise ValueError(f"{cls}: argument 'decay' must be (first step, last step) with first < last, got {decay!r}")
+
+
+def linear_decay(decay, step: int) -> float:
+    """The learning rates' factor at `step` (completed steps): 1, then linear to 0 over `decay` =
+    (first, last), as CycleGAN's and StarGAN's code (None: always 1)."""
+    if decay is None or step < decay[0]:
+        return 1.0
+    first, last = decay
+    return max(0.0, (last - step) / (last - first))

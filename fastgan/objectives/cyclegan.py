@@ -13,7 +13,7 @@ decayed linearly to 0 over `decay` = (first, last) steps."""
 import torch
 
 from .. import ops
-from .base import Objective
+from .base import Objective, check_decay, linear_decay
 from .gan import acc
 
 
@@ -70,9 +70,7 @@ class CycleGAN(Objective):
                 raise ValueError(f"CycleGAN: argument '{name}' must be a number >= 0, got {v!r}")
         if not (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 0):
             raise ValueError(f"CycleGAN: argument 'pool' must be an int >= 0, got {pool!r}")
-        if decay is not None and not (len(decay) == 2 and 0 <= decay[0] < decay[1]):
-            raise ValueError(f"CycleGAN: argument 'decay' must be (first step, last step) with first < last, "
-                             f"got {decay!r}")
+        check_decay("CycleGAN", decay)
         self.g_ba, self.d_a = g_ba, d_a
         self.lam, self.identity, self.pool_size, self.decay = float(lam), float(identity), pool, decay
         self.pools, self.data, self.device = None, None, None
@@ -104,10 +102,7 @@ class CycleGAN(Objective):
 
     def lr_factor(self, step: int) -> float:
         """The learning rates' factor at `step` (completed steps): 1, then linear to 0 over `decay`."""
-        if self.decay is None or step < self.decay[0]:
-            return 1.0
-        first, last = self.decay
-        return max(0.0, (last - step) / (last - first))
+        return linear_decay(self.decay, step)
 
     def reals_per_step(self, t):
         return 2  # a batch of each domain

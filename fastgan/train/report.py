@@ -87,7 +87,7 @@ def save_samples(x: torch.Tensor, path: str, modes=None, title: str = "", nrow=N
 
 #: the loss curves plotted in the first panel, when logged: (key, label)
 LOSS_CURVES = (("d_loss", "D loss"), ("g_loss", "G loss"), ("recon", "reconstruction"), ("kl", "KL"),
-               ("info", "L_I (InfoGAN)"), ("cycle", "cycle L1"))
+               ("info", "L_I (InfoGAN)"), ("cycle", "cycle L1"), ("rec", "round-trip L1"))
 
 
 def plot_curves(history, path: str):
@@ -97,7 +97,7 @@ def plot_curves(history, path: str):
     import matplotlib.pyplot as plt
     logs = [r for r in history if "s_per_step" in r or "d_loss" in r]
     evals = [r for r in history if "eval" in r]
-    metric = next((k for k in ("fd", "modes", "acc_ab") if evals and k in evals[-1]["eval"]), None)
+    metric = next((k for k in ("fd", "modes", "acc_ab", "domain_acc") if evals and k in evals[-1]["eval"]), None)
     has_d = any("d_real" in r for r in logs)
     n = 1 + has_d + bool(metric)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), dpi=100)
@@ -113,12 +113,14 @@ def plot_curves(history, path: str):
         axes[1].set_ylim(0, 1)
         axes[1].set_title("discriminator outputs (sigmoid)")
     if metric:
-        keys = ("acc_ab", "acc_ba") if metric == "acc_ab" else (metric,)
-        for k in keys:
+        keys = {"acc_ab": ("acc_ab", "acc_ba"), "domain_acc": ("domain_acc", "class_acc")}.get(metric, (metric,))
+        for k in (k for k in keys if k in evals[-1]["eval"]):
             axes[-1].plot([r["step"] for r in evals], [r["eval"][k] for r in evals], marker="o",
-                          label={"acc_ab": "A -> B", "acc_ba": "B -> A"}.get(k))
+                          label={"acc_ab": "A -> B", "acc_ba": "B -> A", "domain_acc": "in the target domain",
+                                 "class_acc": "keeping their class"}.get(k))
         axes[-1].set_title({"fd": "Fréchet distance (classifier features)", "modes": "modes covered",
-                            "acc_ab": "translations keeping their class (%)"}[metric])
+                            "acc_ab": "translations keeping their class (%)",
+                            "domain_acc": "translations (%)"}[metric])
     for ax in axes:
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
