@@ -63,7 +63,8 @@ def _pick_size(native: int, wanted) -> int:
     from fastgan.models import IMAGE_SIZES
     if wanted is not None:
         if wanted not in IMAGE_SIZES:
-            raise CLIError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} for the DCGAN, got {wanted}")
+            raise CLIError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))} for the image models, "
+                           f"got {wanted}")
         return wanted
     return next((s for s in IMAGE_SIZES if s >= native), IMAGE_SIZES[-1]) if native > 8 else 32
 
@@ -125,7 +126,8 @@ def _cmd_train(args) -> int:
     if args.prior is not None and model != "aae":
         raise CLIError(f"--prior is the adversarial autoencoder's latent prior; --model {model} has none "
                        "(use --model aae, or drop --prior)")
-    image = model in ("dcgan", "cdcgan", "infogan", "aae", "vae")
+    image = model in ("dcgan", "cdcgan", "infogan", "aae", "vae", "progan")
+    steps = _steps(args, image)
     if image:
         if ds.kind != "image":
             raise CLIError(f"--model {model} needs images, but --data {args.data} holds {ds.x.shape[1]}-D points "
@@ -134,10 +136,10 @@ def _cmd_train(args) -> int:
         if ds.x.shape[-1] != size:
             ds.x = fdata.datasets._resize(ds.x, size)
         # InfoGAN: 62 noise + the codes, as the paper; the autoencoders: an 8-d code
-        z_dim = args.z_dim or {"infogan": 62, "aae": 8, "vae": 8}.get(model, 100)
+        z_dim = args.z_dim or {"infogan": 62, "aae": 8, "vae": 8, "progan": 128}.get(model, 100)
         if model == "infogan":
             z_dim += sum(INFO_CODES)
-        width = args.width or (32 if size <= 32 else 64)
+        width = args.width or (16 if model == "progan" else 32 if size <= 32 else 64)
         if model == "cdcgan":
             G = models.ConditionalDCGANGenerator(z_dim, ds.x.shape[1], size, width, classes)
             D = models.ProjectionDCGANDiscriminator(ds.x.shape[1], size, width, classes)
@@ -145,6 +147,9 @@ def _cmd_train(args) -> int:
             G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
             encoder = models.ConvEncoder(z_dim * (2 if model == "vae" else 1), ds.x.shape[1], size, width)
             D = models.MLPDiscriminator(z_dim) if model == "aae" else None
+        elif model == "progan":  # grown from 4x4 to `size`
+            G = models.ProGenerator(z_dim, ds.x.shape[1], size, width)
+            D = models.ProDiscriminator(ds.x.shape[1], size, width)
         else:
             G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
             D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
@@ -174,20 +179,29 @@ def _cmd_train(args) -> int:
     elif model == "vae":
         from fastgan.objectives import VAE
         objective = VAE(encoder)
-    steps = _steps(args, image)
+    elif model == "progan":  # the steps in 2 * levels + 1 phases: 4x4, then per level a fade-in and a stabilisation
+        from fastgan.objectives import ProGAN
+        objective = ProGAN(max(1, steps // (2 * G.levels + 1)))
+        if args.gp_weight is None:
+            args.gp_weight = 10.0  # the paper's WGAN-GP
     # R1: the MLP GANs (0.1) and the AAE's latent game (1.0, on the prior draws: steadier code matching)
     r1 = args.r1_gamma if args.r1_gamma is not None else (
         0.0 if args.gp_weight else 1.0 if model == "aae" else 0.0 if image else 0.1)
     # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if image or model == "cmlp" else 0.0)
     ema = ema or None
-    lr = args.lr or (2e-4 if image else 1e-3)
+    lr = args.lr or (1e-3 if model == "progan" else 2e-4 if image else 1e-3)
     # InfoGAN: the paper's rates (G 1e-3, D and Q 2e-4); measured on digits at 2,000 steps, code/class
     # agreement 60% over 3 seeds against 31% with 2e-4 for both (docs/infogan.md)
     lr_g = args.lr_g or (lr if args.lr or model != "infogan" else 1e-3)
     lr_d = args.lr_d or lr
     batch = args.batch_size or (64 if image else 100)
-    tr = _trainer(args, G, D, z_dim, args.loss or "ns", lr_g, lr_d, r1, ema, objective)
+    loss = args.loss or ("wgan" if model == "progan" else "ns")
+    betas = (0.0, 0.99) if model == "progan" else (0.5, 0.999)  # ProGAN's Adam, as the paper
+    tr = _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas)
+    if model == "progan" and steps < objective.total_steps() and tr.is_main and not args.quiet:
+        print(f"fastgan: note: {steps} steps end before the {size}x{size} level is grown (--steps >= "
+              f"{2 * G.levels + 1} for progan); samples are shown upsampled", flush=True)
     return _fit(args, tr, ds, model, steps, batch, width, getattr(G, "config", {}).get("image_size"))
 
 
@@ -195,11 +209,11 @@ def _steps(args, image: bool) -> int:
     return args.steps if args.steps is not None else (2000 if image else 3000)
 
 
-def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective):
+def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas=(0.5, 0.999)):
     from fastgan.train import GANTrainer
     try:
         return GANTrainer(G, D, z_dim=z_dim, loss=loss, d_steps=1 if args.d_steps is None else args.d_steps,
-                          lr_g=lr_g, lr_d=lr_d, r1_gamma=r1, r1_every=args.r1_every,
+                          lr_g=lr_g, lr_d=lr_d, betas=betas, r1_gamma=r1, r1_every=args.r1_every,
                           gp_weight=0.0 if args.gp_weight is None else args.gp_weight,
                           ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
                           compile=args.compile, objective=objective)
@@ -515,6 +529,9 @@ def _cmd_sample(args) -> int:
         inputs.append(y)
     with torch.no_grad():
         x = torch.cat([G(*(t[i:i + 500] for t in inputs)) for i in range(0, args.n, 500)])
+    size = G.config.get("image_size") if hasattr(G, "config") else None
+    if x.dim() == 4 and size and x.shape[-1] < size:  # a ProGAN stopped before its last level: shown at full size
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="nearest")
     d = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(d, exist_ok=True)
     save_samples(x, args.out, title=f"{os.path.basename(path)}", nrow=cols)
@@ -559,14 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--data", default=None, help="digits | digits-m | digits-inv | digits-thick | ring8 | grid25 | "
                     "PATH (image folder, MNIST IDX, CIFAR batches, .npy/.npz); translation models: A:B[:C...], "
                     "several of those (default: digits; cyclegan: digits:digits-m; stargan: the four digit domains)")
-    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "mlp", "cmlp", "cyclegan",
-                                                  "stargan"),
+    pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "progan", "mlp", "cmlp",
+                                        "cyclegan", "stargan"),
                     default=None,
                     help="dcgan for images, mlp for 2-D points; cdcgan / cmlp: their class-conditional versions "
                     "(the digit / the mode as label); infogan: a DCGAN with a 10-way categorical and 2 "
                     "continuous codes; aae: an adversarial autoencoder (--prior); vae: the variational "
-                    "autoencoder baseline; cyclegan: unpaired translation between --data A:B; stargan: one generator "
-                    "for every domain of --data A:B:C... (default: dcgan or mlp, from the data)")
+                    "autoencoder baseline; progan: progressive growing from 4x4 (WGAN-GP + drift); cyclegan: unpaired "
+                    "translation between --data A:B; stargan: one generator for every domain of --data A:B:C... "
+                    "(default: dcgan or mlp, from the data)")
     pt.add_argument("--prior", choices=("gaussian", "mixture10", "ring"), default=None,
                     help="aae: the latent prior the codes are matched to (default: gaussian)")
     pt.add_argument("--loss", default=None, choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"),

@@ -261,7 +261,7 @@ import sys, torch
 torch.set_num_threads(1)
 from fastgan import models
 from fastgan.data import load_dataset, load_domains
-from fastgan.objectives import AAE, VAE, Conditional, CycleGAN, InfoGAN, QHead, StarGAN
+from fastgan.objectives import AAE, VAE, Conditional, CycleGAN, InfoGAN, ProGAN, QHead, StarGAN
 from fastgan.train import GANTrainer
 out, ds = sys.argv[1], load_dataset("digits", 16)
 builds = {
@@ -277,6 +277,8 @@ builds = {
                                   classifier_steps=20)),
     "stargan": lambda: (models.StarGenerator(3, 3, 4, 1), models.StarDiscriminator(3, 3, 16, 4), 1,
                         {"loss": "wgan", "gp_weight": 10.0, "d_steps": 2}, StarGAN(classifier_steps=20)),
+    "progan": lambda: (models.ProGenerator(8, 1, 16, 4), models.ProDiscriminator(1, 16, 4), 8,
+                       {"loss": "wgan", "gp_weight": 10.0}, ProGAN(1)),  # 3 steps: 4x4, fading 8x8, 8x8
 }
 data = {"cyclegan": load_domains("digits:digits-m", 16), "stargan": load_domains("digits:digits-m:digits-inv", 16)}
 res = {}
@@ -292,7 +294,8 @@ torch.save(res, f"{out}/variants{t.rank}.pt")
 
 
 def test_ddp_two_processes_every_objective(tmp_path):
-    """cdcgan, InfoGAN, the AAE, the VAE, CycleGAN and StarGAN under torchrun (2 gloo processes): every network the
+    """cdcgan, InfoGAN, the AAE, the VAE, CycleGAN, StarGAN and ProGAN (whose levels not grown yet get zero
+    gradients, so DDP needs no unused-parameter search) under torchrun (2 gloo processes): every network the
     objective adds is DDP-wrapped (identical weights on both ranks), rank 0 checkpoints the run."""
     script = tmp_path / "ddp_variants.py"
     script.write_text(VARIANTS_DDP_SCRIPT)
@@ -304,7 +307,8 @@ def test_ddp_two_processes_every_objective(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"variants{r}.pt") for r in (0, 1))
     nets = {"cdcgan": {"generator", "discriminator"}, "infogan": {"generator", "discriminator", "q"},
             "aae": {"generator", "discriminator", "encoder"}, "vae": {"generator", "encoder"},
-            "cyclegan": {"generator", "discriminator", "g_ba", "d_a"}, "stargan": {"generator", "discriminator"}}
+            "cyclegan": {"generator", "discriminator", "g_ba", "d_a"}, "stargan": {"generator", "discriminator"},
+            "progan": {"generator", "discriminator"}}
     for name, want in nets.items():
         assert r0[name + "/world"] == 2 and set(r0[name]) == want, name
         for net in want:

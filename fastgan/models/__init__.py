@@ -5,6 +5,7 @@ from .dcgan import DCGANDiscriminator, DCGANGenerator, IMAGE_SIZES, init_dcgan_ 
 from .conditional import (ConditionalDCGANGenerator, ConditionalMLPGenerator, ProjectionDCGANDiscriminator,  # noqa: F401
                           ProjectionHead, ProjectionMLPDiscriminator)
 from .cyclegan import PatchDiscriminator, ResnetGenerator, patch_layers  # noqa: F401
+from .progan import EqualizedConv2d, EqualizedLinear, MinibatchStddev, PixelNorm, ProDiscriminator, ProGenerator  # noqa: F401
 from .stargan import StarDiscriminator, StarGenerator, star_layers  # noqa: F401
 from .mlp import MLPDiscriminator, MLPGenerator  # noqa: F401
 
@@ -12,7 +13,8 @@ from .mlp import MLPDiscriminator, MLPGenerator  # noqa: F401
 REGISTRY = {"dcgan": (DCGANGenerator, DCGANDiscriminator), "mlp": (MLPGenerator, MLPDiscriminator),
             "cmlp": (ConditionalMLPGenerator, ProjectionMLPDiscriminator),
             "cdcgan": (ConditionalDCGANGenerator, ProjectionDCGANDiscriminator),
-            "cyclegan": (ResnetGenerator, PatchDiscriminator), "stargan": (StarGenerator, StarDiscriminator)}
+            "cyclegan": (ResnetGenerator, PatchDiscriminator), "stargan": (StarGenerator, StarDiscriminator),
+            "progan": (ProGenerator, ProDiscriminator)}
 
 
 def build(kind: str, g_config: dict, d_config: dict):

@@ -8,3 +8,4 @@ from .aae import AAE  # noqa: F401
 from .vae import VAE  # noqa: F401
 from .cyclegan import CycleGAN  # noqa: F401
 from .stargan import StarGAN  # noqa: F401
+from .progan import ProGAN  # noqa: F401

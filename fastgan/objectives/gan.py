@@ -48,6 +48,10 @@ class GAN(Objective):
         """D's logits for samples x."""
         return t.net("discriminator")(x)
 
+    def d_extra(self, t, real_logits):
+        """A term added to D's loss on the real logits (e.g. ProGAN's drift penalty), or None."""
+        return None
+
     def critic(self, t, cond):
         """D as a function of x alone, for WGAN-GP's interpolates (between a real and a fake of
         the same condition: conditional objectives pair fakes with the real batch's labels)."""
@@ -79,6 +83,9 @@ class GAN(Objective):
             if do_r1:
                 r1 = ops.r1_penalty(acc(real_logits), real, gamma=t.r1_gamma)
                 total = total + r1 * t.r1_every
+            extra = self.d_extra(t, acc(real_logits))
+            if extra is not None:
+                total = total + extra
             if t.gp_weight > 0:
                 with t.autocast():
                     gp = ops.gradient_penalty(self.critic(t, cond), real.detach(), fake.detach(),

@@ -189,7 +189,7 @@ class GANTrainer:
     def _optimizer(self, opt, modules, lr, betas, name):
         params = [p for m in modules for p in m.parameters()]
         if opt is None:
-            return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
+            return torch.optim.Adam(params, lr=lr, betas=tuple(float(b) for b in betas))
         if isinstance(opt, torch.optim.Optimizer):
             ids = {id(p) for grp in opt.param_groups for p in grp["params"]}
             if not ids <= {id(p) for p in params}:
@@ -564,6 +564,7 @@ class GANTrainer:
                 if k not in ("g", "d"):
                     o.load_state_dict(ck["optimizers"][k])
             self.objective.load_state_dict(ck.get("objective") or {})
+            self.config.update(self.objective.config())  # what the objective restored (e.g. ProGAN's phase)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"{source}: does not fit this trainer's models/optimizers: "
                                        f"{str(e).splitlines()[0]}") from None
