@@ -1,6 +1,7 @@
 """CycleGAN: its networks, the image pool, one step against a hand-written update, the learning-rate
 decay, exact resume (pools included) and the translation evaluation."""
 import copy
+import math
 import os
 
 import pytest
@@ -98,12 +99,12 @@ def _data(spec="digits:digits-inv"):
     return dd
 
 
-def _tiny_game(seed=0, pool=50, decay=None):
+def _tiny_game(seed=0, pool=50, decay=None, ema=None):
     torch.manual_seed(seed)
     nets = [Tiny(True).double(), Tiny(False).double(), Tiny(True).double(), Tiny(False).double()]
     obj = CycleGAN(nets[2], nets[3], pool=pool, decay=decay, classifier_steps=400)
     t = GANTrainer(nets[0], nets[1], z_dim=1, loss="lsgan", lr_g=0.01, lr_d=0.02, objective=obj, seed=seed,
-                   device="cpu")
+                   ema_decay=ema, device="cpu")
     return t, nets
 
 
@@ -164,13 +165,13 @@ def test_without_a_pool_and_the_settings_it_refuses():
             GANTrainer(Tiny(), Tiny(False), z_dim=1, objective=CycleGAN(Tiny(), Tiny(False)), **kw)
 
 
-def test_exact_resume_with_the_pools_and_the_decay(tmp_path):
+def test_exact_resume_with_the_pools_the_decay_and_ema(tmp_path):
     data = _data()
-    t, _ = _tiny_game(pool=3, decay=(3, 9))
+    t, _ = _tiny_game(pool=3, decay=(3, 9), ema=0.9)
     t.fit(data, 8, 2, progress=False)
-    part, _ = _tiny_game(pool=3, decay=(3, 9))
+    part, _ = _tiny_game(pool=3, decay=(3, 9), ema=0.9)
     part.fit(data, 4, 2, out_dir=str(tmp_path), checkpoint_every=4, progress=False)
-    resumed, _ = _tiny_game(seed=0, pool=3, decay=(3, 9))
+    resumed, _ = _tiny_game(seed=0, pool=3, decay=(3, 9), ema=0.9)
     resumed.load_latest(str(tmp_path))
     resumed.fit(data, 8, 2, progress=False)
     for name in ("generator", "discriminator", "g_ba", "d_a"):
@@ -178,6 +179,25 @@ def test_exact_resume_with_the_pools_and_the_decay(tmp_path):
             assert torch.equal(p, q), name
     for p, q in zip(t.objective.pools, resumed.objective.pools):
         assert torch.equal(p.images, q.images) and p.count == q.count
+    for p, q, g in zip(t.ema.parameters(), resumed.ema.parameters(), t.generator.parameters()):
+        assert torch.equal(p, q) and not torch.equal(p, g)  # the EMA of G (A -> B) resumed, and lagging
+
+
+def test_bf16_autocast_steps():
+    """The paper's networks (4 px wide, one block) under bf16 autocast: finite losses, float32 weights,
+    and the EMA generator's translations are images of the source's shape."""
+    torch.manual_seed(0)
+    data = load_domains("digits:digits-m", 16)
+    G, F = models.ResnetGenerator(3, 3, 4, 1), models.ResnetGenerator(3, 3, 4, 1)
+    D, DA = models.PatchDiscriminator(3, 4, 1), models.PatchDiscriminator(3, 4, 1)
+    t = GANTrainer(G, D, z_dim=1, loss="lsgan", objective=CycleGAN(F, DA), amp="bf16", ema_decay=0.9, device="cpu")
+    t.fit(data, 3, 2, progress=False, log_every=1)
+    rows = [r for r in t.history if "d_loss" in r]
+    assert len(rows) == 3 and all(math.isfinite(r[k]) for r in rows for k in ("d_loss", "g_loss", "cycle")), rows
+    assert all(p.dtype == torch.float32 for p in G.parameters())
+    x = data.domains[0].x[:4]
+    y = t.sample(4, z=x)
+    assert y.shape == x.shape and y.dtype == torch.float32 and y.abs().max() <= 1
 
 
 def test_needs_two_domains():

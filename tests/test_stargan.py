@@ -1,6 +1,7 @@
 """StarGAN: its networks, one step against a hand-written update, the settings it refuses, exact
 resume, the K x K evaluation, the command line, and a seeded quality check."""
 import copy
+import math
 import json
 import os
 
@@ -83,12 +84,12 @@ def _data(spec="digits:digits-inv"):
     return dd
 
 
-def _tiny_game(seed=0, d_steps=2, gp=0.0, decay=None, **kw):
+def _tiny_game(seed=0, d_steps=2, gp=0.0, decay=None, ema=None, **kw):
     torch.manual_seed(seed)
     G, D = TinyG().double(), TinyD().double()
     obj = StarGAN(decay=decay, classifier_steps=400, **kw)
     t = GANTrainer(G, D, z_dim=1, loss="wgan", d_steps=d_steps, gp_weight=gp, lr_g=0.01, lr_d=0.02, objective=obj,
-                   seed=seed, device="cpu")
+                   seed=seed, ema_decay=ema, device="cpu")
     return t, G, D
 
 
@@ -163,18 +164,40 @@ def test_targets_decay_and_the_settings_it_refuses():
             StarGAN(**kw)
 
 
-def test_exact_resume(tmp_path):
+def test_exact_resume_with_ema(tmp_path):
     data = _data()
-    t, _, _ = _tiny_game(gp=10.0, decay=(2, 8))
+    t, _, _ = _tiny_game(gp=10.0, decay=(2, 8), ema=0.9)
     t.fit(data, 6, 2, progress=False)
-    part, _, _ = _tiny_game(gp=10.0, decay=(2, 8))
+    part, _, _ = _tiny_game(gp=10.0, decay=(2, 8), ema=0.9)
     part.fit(data, 3, 2, out_dir=str(tmp_path), checkpoint_every=3, progress=False)
-    resumed, _, _ = _tiny_game(gp=10.0, decay=(2, 8))
+    resumed, _, _ = _tiny_game(gp=10.0, decay=(2, 8), ema=0.9)
     resumed.load_latest(str(tmp_path))
     resumed.fit(data, 6, 2, progress=False)
     for name in ("generator", "discriminator"):
         for p, q in zip(t.nets[name].parameters(), resumed.nets[name].parameters()):
             assert torch.equal(p, q), name
+    for p, q, g in zip(t.ema.parameters(), resumed.ema.parameters(), t.generator.parameters()):
+        assert torch.equal(p, q) and not torch.equal(p, g)
+    x, c = data.domains[0].x[:3], torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(t.objective.translate(t, x, c), t.ema(x, c).float())  # the EMA generator translates
+
+
+def test_bf16_autocast_steps():
+    """The paper's networks (4 px wide, one block) under bf16 autocast with the gradient penalty:
+    finite losses, float32 weights, translations of the source's shape."""
+    torch.manual_seed(0)
+    data = load_domains("digits:digits-inv", 16)
+    G, D = models.StarGenerator(1, 2, 4, 1), models.StarDiscriminator(1, 2, 16, 4, 2)
+    t = GANTrainer(G, D, z_dim=1, loss="wgan", d_steps=2, gp_weight=10.0, objective=StarGAN(), amp="bf16",
+                   ema_decay=0.9, device="cpu")
+    t.fit(data, 3, 2, progress=False, log_every=1)
+    rows = [r for r in t.history if "d_loss" in r]
+    assert len(rows) == 3 and all(math.isfinite(r[k]) for r in rows for k in ("d_loss", "g_loss", "gp", "rec")), rows
+    assert all(p.dtype == torch.float32 for p in G.parameters())
+    x = data.domains[0].x[:4]
+    y = t.objective.translate(t, x, torch.tensor([1, 1, 0, 1]))
+    assert y.shape == x.shape and y.dtype == torch.float32
 
 
 class ExactG(TinyG):
