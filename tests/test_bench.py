@@ -1,0 +1,81 @@
+"""fastgan bench's statistics: interleaved rounds, min/median/max, cold vs warm, and the verdict
+that says when the spread is too wide to call a winner (timings themselves are not asserted)."""
+import pytest
+
+from fastgan import bench
+
+
+def _recorder(calls, who, fail_after=None):
+    def fn():
+        calls.append(who)
+        if fail_after is not None and calls.count(who) > fail_after:
+            raise RuntimeError("boom")
+    return fn
+
+
+def test_measure_times_a_cold_call_then_interleaves_rotating_rounds():
+    calls = []
+    fns = {w: _recorder(calls, w) for w in ("fastgan", "eager", "compile")}
+    out = bench.measure(fns, min_run_time=0.0, reps=6, sync=lambda: None)  # one call per block
+    # three calls each first (cold, warm-up, estimate), contender by contender
+    assert calls[:9] == ["fastgan"] * 3 + ["eager"] * 3 + ["compile"] * 3
+    rounds = [calls[9 + 3 * r: 12 + 3 * r] for r in range(6)]
+    assert rounds[0] == ["fastgan", "eager", "compile"]
+    assert rounds[1] == ["eager", "compile", "fastgan"]
+    assert rounds[2] == ["compile", "fastgan", "eager"]
+    assert rounds[3] == rounds[0] and len(calls) == 9 + 18
+    for w in fns:
+        assert len(out[w]["times"]) == 6 and out[w]["cold"] > 0
+    assert bench.REPS >= 5
+
+
+def test_measure_blocks_fill_the_run_time_and_a_failing_contender_is_reported(capsys):
+    calls = []
+    fns = {"fastgan": _recorder(calls, "fastgan"), "eager": _recorder(calls, "eager", fail_after=4)}
+    out = bench.measure(fns, min_run_time=0.05, reps=5, sync=lambda: None, label="fam case")
+    assert out["eager"] is None  # failed in its first round
+    assert "fam case [eager] failed in round" in capsys.readouterr().out
+    assert len(out["fastgan"]["times"]) == 5
+    assert calls.count("fastgan") > 3 + 5  # blocks of many calls, not one
+
+
+def _m(times, cold=1e-3):
+    return {"cold": cold, "times": times}
+
+
+def test_summarise_reports_min_median_max_cold_and_paired_ratios():
+    f = [1.0e-3, 1.2e-3, 1.1e-3, 0.9e-3, 1.0e-3]
+    e = [2.0e-3, 2.6e-3, 2.2e-3, 2.0e-3, 1.9e-3]
+    c = [1.1e-3, 1.0e-3, 1.3e-3, 0.8e-3, 1.0e-3]
+    row = bench.summarise("fam", "case", {"fastgan": _m(f, 5e-3), "eager": _m(e), "compile": _m(c, 2.0)})
+    assert row["fastgan_ms"] == pytest.approx(1.0) and row["fastgan_min_ms"] == pytest.approx(0.9)
+    assert row["fastgan_max_ms"] == pytest.approx(1.2) and row["fastgan_cold_ms"] == pytest.approx(5.0)
+    assert row["compile_cold_ms"] == pytest.approx(2000.0)
+    assert row["vs_eager"] == pytest.approx(2.0)  # ratio of medians
+    per_round = [a / b for a, b in zip(e, f)]
+    assert row["vs_eager_min"] == pytest.approx(min(per_round)) and row["vs_eager_max"] == pytest.approx(max(per_round))
+    assert row["call_eager"] == "fastgan"  # every round: fastgan faster
+    assert row["call_compile"] == "too close to call"  # rounds on both sides of 1
+    slow = bench.summarise("fam", "case", {"fastgan": _m(e), "eager": _m(f)})
+    assert slow["call_eager"] == "eager" and slow["vs_eager"] < 1
+
+
+def test_rows_and_tables_label_warm_cold_and_the_undecided(monkeypatch, capsys):
+    def suite(device, quick):
+        calls = []
+        return [bench.Case("fake", "noop 1x1", {w: _recorder(calls, w) for w in bench.CONTENDERS}, bytes=8)]
+    monkeypatch.setitem(bench.SUITES, "fake", suite)
+    monkeypatch.setattr(bench, "_suites", lambda: dict(bench.SUITES))
+    rows = bench.run("cpu", quick=True, families=["fake"])
+    (row,) = rows
+    for w in bench.CONTENDERS:
+        assert row[f"{w}_min_ms"] <= row[f"{w}_ms"] <= row[f"{w}_max_ms"]
+    assert row["call_eager"] in ("fastgan", "eager", "too close to call") and row["fastgan_GBps"] > 0
+    undecided = dict(row, call_eager="too close to call")
+    line = bench.format_row(undecided)
+    assert "?" in line and "cold" in line and "[" in line
+    md = bench.markdown(bench.environment("cpu"), [undecided])
+    assert "median [min-max]" in md and "too close to call" in md and "Cold" in md
+    assert md.splitlines()[-1].count("|") == 10
+    with pytest.raises(ValueError, match="unknown op families"):
+        bench.run("cpu", quick=True, families=["nope"])
