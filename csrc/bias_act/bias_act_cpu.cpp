@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bias_act/bias_act.h"
+#include "common/autograd.h"
 #include "common/cpu_loops.h"
 
 namespace fastgan {
@@ -238,7 +239,187 @@ std::tuple<at::Tensor, at::Tensor> bias_act_autocast(const at::Tensor& x, const 
   return op.call(x, bb, dim, act, alpha, gain, clamp);
 }
 
+// ---- autograd (device independent; lives here because this file is compiled in every build) ----
+// In C++ rather than torch.library.register_autograd: at small tensors (a DCGAN's 4x4 layers) the
+// Python autograd path cost more than the kernel, forward and backward. The backward op is itself
+// differentiable: its grad-gradient is the same op again (it is linear in grad), its ref-gradient
+// is the activation's second derivative (ATen ops below; zero for the piecewise-linear ones).
+
+using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
+                                                      c10::string_view, double, double, double);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                       const c10::optional<at::Tensor>&, int64_t, c10::string_view,
+                                                       double, double, double, bool);
+
+
+// Through the dispatcher (autograd, tracing and device dispatch all apply).
+std::tuple<at::Tensor, at::Tensor> call_backward(const at::Tensor& grad, const at::Tensor& ref,
+                                                 const c10::optional<at::Tensor>& b, int64_t dim,
+                                                 const std::string& act, double alpha, double gain, double clamp,
+                                                 bool bias_grad) {
+  static auto op = find_op<BackwardSig>("fastgan::bias_act_backward");
+  return op.call(grad, ref, b, dim, act, alpha, gain, clamp, bias_grad);
+}
+
+std::vector<int64_t> channel_shape(int64_t ndim, int64_t dim) {
+  std::vector<int64_t> shape(size_t(ndim), 1);
+  shape[size_t(dim)] = -1;
+  return shape;
+}
+
+int64_t wrapped(int64_t dim, int64_t ndim) { return dim < 0 ? dim + ndim : dim; }
+
+
+struct Saved {
+  int64_t dim;
+  std::string act;
+  double alpha, gain, clamp;
+  static void put(AutogradContext* ctx, int64_t dim, const std::string& act, double alpha, double gain,
+                  double clamp) {
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["p"] = std::vector<double>{alpha, gain, clamp};
+  }
+  static Saved get(AutogradContext* ctx) {
+    const auto p = ctx->saved_data["p"].toDoubleVector();
+    return {ctx->saved_data["dim"].toInt(), ctx->saved_data["act"].toStringRef(), p[0], p[1], p[2]};
+  }
+};
+
+// d(the backward's factor)/d(ref): what multiplies grad * gg in the ref-gradient of the backward.
+at::Tensor second_factor(Ref kind, Act a, const at::Tensor& ref, const at::Tensor& b, int64_t dim, double alpha,
+                         double gain, double clamp) {
+  if (kind == Ref::Y) {
+    if (gain == 0) return at::zeros_like(ref);
+    const at::Tensor z = ref / gain;
+    at::Tensor f = a == Act::Tanh ? z * -2 : a == Act::Sigmoid ? 1 - z * 2 : (z <= 0).to(ref.scalar_type());
+    if (clamp >= 0) f = f * (ref.abs() < clamp);
+    return f;
+  }
+  const at::Tensor r = b.defined() ? ref + b.reshape(channel_shape(ref.dim(), dim)) : ref;
+  at::Tensor f, act_r;
+  if (a == Act::Softplus) {
+    const at::Tensor s = at::sigmoid(r);
+    f = s * (1 - s);
+    if (clamp >= 0) act_r = at::softplus(r);
+  } else if (a == Act::Swish) {
+    const at::Tensor s = at::sigmoid(r);
+    f = s * (1 - s) * (2 + r * (1 - s * 2));
+    if (clamp >= 0) act_r = r * s;
+  } else {  // gelu (erf form)
+    const at::Tensor r2 = r * r;
+    f = at::exp(r2 * -0.5) * (1.0 / std::sqrt(2 * M_PI)) * (2 - r2);
+    if (clamp >= 0) act_r = r * 0.5 * (1 + at::erf(r * M_SQRT1_2));
+  }
+  f = f * gain;
+  if (clamp >= 0) f = f * ((act_r * gain).abs() <= clamp);
+  return f;
+}
+
+class BackwardFn : public torch::autograd::Function<BackwardFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& ref,
+                               const c10::optional<at::Tensor>& b, int64_t dim, std::string act, double alpha,
+                               double gain, double clamp, bool bias_grad) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static auto op = find_op<BackwardSig>("fastgan::bias_act_backward");
+    auto [gx, gb] = op.call(grad, ref, b, dim, act, alpha, gain, clamp, bias_grad);
+    const Ref kind = ref_of(parse_act(act), clamp >= 0);
+    const bool second = kind == Ref::X || kind == Ref::Y;
+    ctx->save_for_backward({second ? grad : at::Tensor(), kind != Ref::None ? ref : at::Tensor(),
+                            kind == Ref::X && b.has_value() ? *b : at::Tensor()});
+    Saved::put(ctx, dim, act, alpha, gain, clamp);
+    ctx->saved_data["bias_grad"] = bias_grad;
+    ctx->saved_data["has_b"] = present(b);
+    if (!bias_grad) ctx->mark_non_differentiable({gb});
+    return {gx, gb};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list gg) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &grad = saved[0], &ref = saved[1], &b = saved[2];
+    const Saved s = Saved::get(ctx);
+    const Act a = parse_act(s.act);
+    const Ref kind = ref_of(a, s.clamp >= 0);
+    // grad_b = grad_x summed over all but `dim`, so its gradient flows back broadcast into grad_x's.
+    at::Tensor g = gg[0];
+    if (ctx->saved_data["bias_grad"].toBool() && gg[1].defined() && gg[1].sym_numel() != 0) {
+      const at::Tensor bg = gg[1].reshape(channel_shape(g.dim(), wrapped(s.dim, g.dim())));
+      g = g + bg;
+    }
+    at::Tensor d_grad, d_ref, d_b;
+    if (ctx->needs_input_grad(0)) {
+      d_grad = std::get<0>(call_backward(g, ref.defined() ? ref : g, opt(b), s.dim, s.act, s.alpha, s.gain,
+                                         s.clamp, false));
+    }
+    // needs_input_grad counts tensor arguments only: an absent optional b has no index.
+    const bool has_b = ctx->saved_data["has_b"].toBool();
+    const bool need_ref = ctx->needs_input_grad(1), need_b = has_b && ctx->needs_input_grad(2);
+    if ((kind == Ref::X || kind == Ref::Y) && (need_ref || need_b)) {
+      const int64_t d = wrapped(s.dim, ref.dim());
+      const at::Tensor t = g * grad * second_factor(kind, a, ref, b, d, s.alpha, s.gain, s.clamp);
+      if (need_ref) d_ref = t;
+      if (kind == Ref::X && b.defined() && need_b) {
+        std::vector<int64_t> dims;
+        for (int64_t i = 0; i < t.dim(); i++)
+          if (i != d) dims.push_back(i);
+        d_b = dims.empty() ? t : t.sum(dims);
+      }
+    }
+    return {d_grad, d_ref, d_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class ForwardFn : public torch::autograd::Function<ForwardFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& b,
+                               int64_t dim, std::string act, double alpha, double gain, double clamp) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static auto op = find_op<ForwardSig>("fastgan::bias_act");
+    auto [y, mask] = op.call(x, b, dim, act, alpha, gain, clamp);
+    const Ref kind = ref_of(parse_act(act), clamp >= 0);
+    const at::Tensor ref = kind == Ref::Mask ? mask : kind == Ref::Y ? y : kind == Ref::X ? x : at::Tensor();
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({ref, kind == Ref::X && b.has_value() ? *b : at::Tensor()});
+    Saved::put(ctx, dim, act, alpha, gain, clamp);
+    ctx->saved_data["has_b"] = present(b);
+    ctx->mark_non_differentiable({mask});
+    return {y, mask};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(7);
+    if (!grads[0].defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    const Saved s = Saved::get(ctx);
+    const bool need_b = ctx->saved_data["has_b"].toBool() && ctx->needs_input_grad(1);  // b absent: no index
+    auto [gx, gb] = call_backward(grads[0], saved[0].defined() ? saved[0] : grads[0], opt(saved[1]), s.dim, s.act,
+                                  s.alpha, s.gain, s.clamp, need_b);
+    out[0] = gx;
+    if (need_b) out[1] = gb;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> bias_act_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& b,
+                                                     int64_t dim, c10::string_view act, double alpha, double gain,
+                                                     double clamp) {
+  auto o = ForwardFn::apply(x, b, dim, std::string(act), alpha, gain, clamp);
+  return {o[0], o[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_backward_autograd(const at::Tensor& grad, const at::Tensor& ref,
+                                                              const c10::optional<at::Tensor>& b, int64_t dim,
+                                                              c10::string_view act, double alpha, double gain,
+                                                              double clamp, bool bias_grad) {
+  auto o = BackwardFn::apply(grad, ref, b, dim, std::string(act), alpha, gain, clamp, bias_grad);
+  return {o[0], o[1]};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("bias_act", &bias_act_autograd);
+  m.impl("bias_act_backward", &bias_act_backward_autograd);
+}
 
 TORCH_LIBRARY_IMPL(fastgan, AutocastCPU, m) { m.impl("bias_act", &bias_act_autocast); }
 TORCH_LIBRARY_IMPL(fastgan, AutocastCUDA, m) { m.impl("bias_act", &bias_act_autocast); }

@@ -2,11 +2,11 @@
 // added in chunk order, so the result does not depend on the number of threads.
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "common/autograd.h"
 #include "gan_loss/gan_loss.h"
 
 namespace fastgan {
@@ -229,13 +229,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_g_loss_autocast(const at::Ten
 // and the Python autograd path would cost several times that on every call, forward and backward.
 // The saved gradients are outputs of the forward op, so a double backward reaches this backward
 // with gradients for them; it then applies the Hessian of the loss (ATen ops, differentiable).
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-template <class Sig>
-c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 using DLossSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view, double, double, bool);

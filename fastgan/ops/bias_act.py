@@ -11,7 +11,9 @@ What the backward keeps (see csrc/bias_act/bias_act.h):
   linear                       nothing
 The backward op is itself differentiable: its input-gradient is the same op again (it is linear
 in the incoming gradient) and its ref-gradient is the activation's second derivative, written
-with torch ops below (zero for the piecewise-linear activations).
+with ATen ops (zero for the piecewise-linear activations). Both autograd formulas are registered
+in C++ (csrc/bias_act/bias_act_cpu.cpp), as gan_loss's are: the Python path cost more than the
+kernel at small tensors.
 """
 import math
 
@@ -98,106 +100,9 @@ def _bias_act_inplace_fake(x, b, dim, act, alpha, gain, clamp):
     return x.new_empty((0,), dtype=torch.uint8)
 
 
-# ---- autograd: first order ---------------------------------------------------------------
-def _setup(ctx, inputs, output):
-    x, b, dim, act, alpha, gain, clamp = inputs
-    y, mask = output
-    kind = ref_kind(act, clamp)
-    ctx.params = (dim, act, alpha, gain, clamp)
-    ctx.kind = kind
-    ref = {"mask": mask, "y": y, "x": x, "none": None}[kind]
-    ctx.save_for_backward(ref, b if kind == "x" else None)
-
-
-def _backward(ctx, gy, _gmask):
-    ref, b = ctx.saved_tensors
-    dim, act, alpha, gain, clamp = ctx.params
-    need_b = ctx.needs_input_grad[1]
-    gx, gb = torch.ops.fastgan.bias_act_backward(gy, gy if ref is None else ref, b, dim, act, alpha,
-                                                 gain, clamp, need_b)
-    return gx, (gb if need_b else None), None, None, None, None, None
-
-
-torch.library.register_autograd("fastgan::bias_act", _backward, setup_context=_setup)
-
-
-# ---- autograd of the backward: second order ---------------------------------------------
-def _broadcast_shape(t: torch.Tensor, dim: int):
-    shape = [1] * t.dim()
-    shape[dim] = -1
-    return shape
-
-
-def _reduce_to_channel(t: torch.Tensor, dim: int):
-    dims = [d for d in range(t.dim()) if d != dim % t.dim()]
-    return t.sum(dim=dims) if dims else t
-
-
-def _second_factor(kind, act, ref, b, dim, alpha, gain, clamp):
-    """d(grad_factor)/d(ref): what multiplies grad * gg in the ref-gradient of the backward."""
-    if kind == "y":
-        if gain == 0:
-            return torch.zeros_like(ref)
-        z = ref / gain
-        if act == "tanh":
-            f = -2 * z
-        elif act == "sigmoid":
-            f = 1 - 2 * z
-        else:  # elu, selu: act'(z) = z + const below zero
-            f = (z <= 0).to(ref.dtype)
-        if clamp >= 0:
-            f = f * (ref.abs() < clamp)
-        return f
-    r = ref if b is None else ref + b.reshape(_broadcast_shape(ref, dim))
-    if act == "softplus":
-        s = torch.sigmoid(r)
-        f = s * (1 - s)
-    elif act in ("swish", "silu"):
-        s = torch.sigmoid(r)
-        f = s * (1 - s) * (2 + r * (1 - 2 * s))
-    else:  # gelu
-        f = torch.exp(-0.5 * r * r) / math.sqrt(2 * math.pi) * (2 - r * r)
-    f = f * gain
-    if clamp >= 0:
-        from .reference import act_fn
-        f = f * ((act_fn(act, r, alpha) * gain).abs() <= clamp)
-    return f
-
-
-def _bwd_setup(ctx, inputs, output):
-    grad, ref, b, dim, act, alpha, gain, clamp, bias_grad = inputs
-    kind = ref_kind(act, clamp)
-    ctx.params = (dim, act, alpha, gain, clamp, bias_grad)
-    ctx.kind = kind
-    ctx.save_for_backward(grad if kind in ("x", "y") else None, ref if kind != "none" else None,
-                          b if kind == "x" else None)
-
-
-def _bwd_backward(ctx, ggx, ggb):
-    grad, ref, b = ctx.saved_tensors
-    dim, act, alpha, gain, clamp, bias_grad = ctx.params
-    kind = ctx.kind
-    # grad_b = sum of grad_x over all but `dim`, so its gradient flows back broadcast into grad_x's.
-    g = ggx
-    if bias_grad and ggb is not None and ggb.numel():
-        bg = ggb.reshape(_broadcast_shape(ggx, dim))
-        g = bg.expand_as(ggx) if g is None else g + bg
-    if g is None:
-        return (None,) * 9
-    d_grad = d_ref = d_b = None
-    if ctx.needs_input_grad[0]:
-        ref_arg = g if ref is None else ref
-        d_grad = torch.ops.fastgan.bias_act_backward(g, ref_arg, b, dim, act, alpha, gain, clamp,
-                                                     False)[0]
-    if kind in ("x", "y") and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-        t = g * grad * _second_factor(kind, act, ref, b, dim, alpha, gain, clamp)
-        d_ref = t if ctx.needs_input_grad[1] else None
-        if kind == "x" and b is not None and ctx.needs_input_grad[2]:
-            d_b = _reduce_to_channel(t, dim)
-    return d_grad, d_ref, d_b, None, None, None, None, None, None
-
-
-torch.library.register_autograd("fastgan::bias_act_backward", _bwd_backward, setup_context=_bwd_setup)
+# ---- autograd: registered in C++ (csrc/bias_act/bias_act_cpu.cpp), first and second order --------
+# At small tensors the Python autograd path (torch.library.register_autograd) cost more than the
+# kernel on every call; see docs/design.md.
 
 
 # ---- in place (FusedLeakyReLU(inplace=True)) ---------------------------------------------
