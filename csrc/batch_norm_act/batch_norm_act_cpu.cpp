@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "batch_norm_act/batch_norm_act.h"
+#include "common/autograd.h"
 #include "common/cpu_loops.h"
 
 namespace fastgan {
@@ -531,7 +532,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cbna_backward_cpu(
                                          std::string(act), alpha);
 }
 
+// ---- autograd of batch_norm_act (device independent; this file is compiled in every build) --------
+// First order in C++ (fastgan/ops/batch_norm_act.py's module doc: what the backward keeps); the
+// backward op's own autograd (the second derivative, cold code) stays in Python, reached through
+// the dispatcher.
+using BnaSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, bool, double, c10::string_view, double, bool);
+using BnaBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, bool, double,
+    c10::string_view, double, bool);
+
+bool invertible(const std::string& act, double alpha) { return act == "linear" || (act == "lrelu" && alpha > 0); }
+
+class BnaFn : public torch::autograd::Function<BnaFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                               const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+                               const c10::optional<at::Tensor>& running_var, bool training, double eps, std::string act,
+                               double alpha, bool keep_input) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static auto op = find_op<BnaSig>("fastgan::batch_norm_act");
+    auto [y, mean, var] = op.call(x, weight, bias, running_mean, running_var, training, eps, act, alpha, keep_input);
+    const bool from_y = !keep_input && invertible(act, alpha);
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({from_y ? y : x, mean, var, present(weight) ? *weight : at::Tensor(),
+                            present(bias) ? *bias : at::Tensor()});
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["p"] = std::vector<double>{eps, alpha};
+    ctx->saved_data["flags"] = std::vector<bool>{training, from_y};
+    return {y, mean, var};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(10);
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &ref = saved[0], &weight = saved[3], &bias = saved[4];
+    const auto p = ctx->saved_data["p"].toDoubleVector();
+    const auto flags = ctx->saved_data["flags"].toBoolList();
+    const bool training = flags.get(0), from_y = flags.get(1);
+    const bool has_w = weight.defined(), has_b = bias.defined();
+    // needs_input_grad counts the tensors present: x, then weight and bias where given.
+    const bool need_x = ctx->needs_input_grad(0), need_w = has_w && ctx->needs_input_grad(1),
+               need_b = has_b && ctx->needs_input_grad(1 + has_w);
+    const bool has_stat_grads = training && (grads[1].defined() || grads[2].defined());
+    if (!grads[0].defined() && !has_stat_grads) return out;
+    if (!(need_x || need_w || need_b)) return out;
+    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(ref);
+    static auto op = find_op<BnaBackwardSig>("fastgan::batch_norm_act_backward");
+    // eval: mean/var are the running statistics, buffers that get no gradient
+    auto [gx, gw, gb] = op.call(gy, ref, saved[1], saved[2], opt(weight), opt(bias),
+                                training ? opt(grads[1]) : c10::nullopt, training ? opt(grads[2]) : c10::nullopt,
+                                training, p[0], ctx->saved_data["act"].toStringRef(), p[1], from_y);
+    if (need_x) out[0] = gx;
+    if (need_w) out[1] = gw;
+    if (need_b) out[2] = gb;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bna_autograd(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, bool training,
+    double eps, c10::string_view act, double alpha, bool keep_input) {
+  auto o = BnaFn::apply(x, weight, bias, running_mean, running_var, training, eps, std::string(act), alpha, keep_input);
+  return {o[0], o[1], o[2]};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) { m.impl("batch_norm_act", &bna_autograd); }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("batch_norm_act", &bna_cpu);

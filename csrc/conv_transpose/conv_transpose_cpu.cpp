@@ -13,6 +13,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
+#include "common/autograd.h"
 #include "conv_transpose/conv_transpose.h"
 
 namespace fastgan {
@@ -275,7 +276,82 @@ std::tuple<at::Tensor, at::Tensor> autocast_cuda(const at::Tensor& x, const at::
                        alpha, gain, clamp);
 }
 
+// ---- autograd (device independent; this file is compiled in every build) -------------------------
+// The backward keeps x, weight and the ref of bias_act's backward (mask, pre-activation or y), never
+// relu/lrelu's float pre-activation: g = bias_act_backward(grad_y, ref) (activation derivative + the
+// bias gradient's sum), then grad_x, grad_w = convolution_backward(g). Both are called through the
+// dispatcher and are differentiable, so second derivatives need nothing more here.
+using BiasActBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                              const c10::optional<at::Tensor>&, int64_t,
+                                                              c10::string_view, double, double, double, bool);
+
+class ConvTransposeActFn : public torch::autograd::Function<ConvTransposeActFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                               const c10::optional<at::Tensor>& b, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation,
+                               std::string act, double alpha, double gain, double clamp) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static auto op = find_op<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
+        at::IntArrayRef, int64_t, at::IntArrayRef, c10::string_view, double, double, double)>(
+        "fastgan::conv_transpose2d_act");
+    auto [y, ref] = op.call(x, w, b, stride, padding, output_padding, groups, dilation, act, alpha, gain, clamp);
+    const bias_act::Ref kind = bias_act::ref_of(bias_act::parse_act(act), clamp >= 0);
+    const at::Tensor saved_ref = kind == bias_act::Ref::Y ? y : kind == bias_act::Ref::None ? at::Tensor() : ref;
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({x, w, kind == bias_act::Ref::X && present(b) ? *b : at::Tensor(), saved_ref});
+    auto h = [](at::IntArrayRef v) { return v[0]; };  // int[2] given as one int: both the same
+    auto v = [](at::IntArrayRef v) { return v.size() > 1 ? v[1] : v[0]; };
+    ctx->saved_data["conv"] = std::vector<int64_t>{h(stride),   v(stride),         h(padding),        v(padding),
+                                                   h(dilation), v(dilation),       h(output_padding), v(output_padding),
+                                                   groups};
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["p"] = std::vector<double>{alpha, gain, clamp};
+    ctx->saved_data["has_b"] = present(b);
+    ctx->saved_data["ref_is_x"] = kind == bias_act::Ref::X;  // ref (the pre-activation) is differentiable
+    if (kind != bias_act::Ref::X) ctx->mark_non_differentiable({ref});
+    return {y, ref};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(12);
+    const at::Tensor &gy_in = grads[0], &gref = grads[1];
+    const bool ref_is_x = ctx->saved_data["ref_is_x"].toBool();
+    if (!gy_in.defined() && !(ref_is_x && gref.defined())) return out;
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &b = saved[2], &ref = saved[3];
+    const auto c = ctx->saved_data["conv"].toIntVector();
+    const auto p = ctx->saved_data["p"].toDoubleVector();
+    const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
+               need_b = ctx->saved_data["has_b"].toBool() && ctx->needs_input_grad(2);  // b absent: no index
+    const at::Tensor gy = gy_in.defined() ? gy_in : at::zeros_like(gref);
+    static auto op = find_op<BiasActBackwardSig>("fastgan::bias_act_backward");
+    auto [g, gb] = op.call(gy, ref.defined() ? ref : gy, opt(b), 1, ctx->saved_data["act"].toStringRef(), p[0], p[1],
+                           p[2], need_b);
+    if (ref_is_x && gref.defined()) g = g + gref;  // second-order terms reaching the pre-activation
+    if (need_x || need_w) {
+      auto [gx, gw, unused] = at::convolution_backward(g, x, w, c10::nullopt, {c[0], c[1]}, {c[2], c[3]},
+                                                       {c[4], c[5]}, true, {c[6], c[7]}, c[8], {need_x, need_w, false});
+      if (need_x) out[0] = gx;
+      if (need_w) out[1] = gw;
+    }
+    if (need_b) out[2] = gb;
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_autograd(
+    const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation,
+    c10::string_view act, double alpha, double gain, double clamp) {
+  auto o = ConvTransposeActFn::apply(x, w, b, stride, padding, output_padding, groups, dilation, std::string(act),
+                                     alpha, gain, clamp);
+  return {o[0], o[1]};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) { m.impl("conv_transpose2d_act", &conv_transpose2d_act_autograd); }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("conv_transpose2d_act", &conv_transpose2d_act_cpu); }
 TORCH_LIBRARY_IMPL(fastgan, AutocastCPU, m) { m.impl("conv_transpose2d_act", &autocast_cpu); }

@@ -162,32 +162,9 @@ def _update_fake(running_mean, running_var, mean, var, num_batches_tracked, mome
     return None
 
 
-# ---- autograd: first order ---------------------------------------------------------------
-def _setup(ctx, inputs, output):
-    x, weight, bias, _rm, _rv, training, eps, act, alpha, keep_input = inputs
-    y, mean, var = output
-    from_y = (not keep_input) and invertible(act, alpha)
-    ctx.set_materialize_grads(False)
-    ctx.params = (training, eps, act, alpha, from_y)
-    ctx.save_for_backward(y if from_y else x, mean, var, weight, bias)
-
-
-def _backward(ctx, gy, gmean, gvar):
-    ref, mean, var, weight, bias = ctx.saved_tensors
-    training, eps, act, alpha, from_y = ctx.params
-    if gy is None:
-        gy = torch.zeros_like(ref)
-    if not training:
-        gmean = gvar = None  # the running statistics are buffers, not differentiated
-    gx, gw, gb = torch.ops.fastgan.batch_norm_act_backward(gy, ref, mean, var, weight, bias, gmean, gvar,
-                                                          training, eps, act, alpha, from_y)
-    need = ctx.needs_input_grad
-    return (gx if need[0] else None, gw if weight is not None and need[1] else None,
-            gb if bias is not None and need[2] else None) + (None,) * 7
-
-
-torch.library.register_autograd("fastgan::batch_norm_act", _backward, setup_context=_setup)
-
+# ---- autograd: first order in C++ (csrc/batch_norm_act/batch_norm_act_cpu.cpp, BnaFn) ---------------
+# It keeps y (from_y: linear, lrelu with alpha > 0, unless keep_input) or x, mean, var, weight and
+# bias, and calls batch_norm_act_backward, whose autograd (below) is the second derivative.
 
 # ---- autograd of the backward: second order ---------------------------------------------
 # With g = grad * s (s = act'(z)), xhat the normalised input, r = 1/sqrt(var + eps), per channel

@@ -9,7 +9,8 @@ Op (csrc/conv_transpose): `fastgan::conv_transpose2d_act` returns (y, ref), wher
 backward reads (see fastgan.ops.bias_act): a uint8 mask for relu/lrelu/clamped linear, the
 pre-activation for softplus/swish/gelu, nothing otherwise (tanh/sigmoid/elu/selu read y). The
 backward keeps x, weight and that ref, never the float pre-activation of relu/lrelu, and is made
-of differentiable ops, so second derivatives work:
+of differentiable ops, so second derivatives work (the autograd is registered in C++,
+csrc/conv_transpose/conv_transpose_cpu.cpp, for its per-call cost):
   g = bias_act_backward(grad_y, ref)       (activation derivative + fused bias-gradient sum)
   grad_x, grad_w = convolution_backward(g) (grad_x is an ordinary strided convolution)
 
@@ -116,33 +117,3 @@ def _fake(x, weight, bias, stride, padding, output_padding, groups, dilation, ac
     else:
         ref = x.new_empty((0,), dtype=torch.uint8 if kind == "mask" else x.dtype)
     return y, ref
-
-
-def _setup(ctx, inputs, output):
-    x, w, b, stride, padding, output_padding, groups, dilation, act, alpha, gain, clamp = inputs
-    y, ref = output
-    kind = ref_kind(act, clamp)
-    ctx.conv = (list(stride), list(padding), list(dilation), list(output_padding), groups)
-    ctx.act = (act, alpha, gain, clamp)
-    ctx.kind = kind
-    saved_ref = {"mask": ref, "x": ref, "y": y, "none": None}[kind]
-    ctx.save_for_backward(x, w, b if kind == "x" else None, saved_ref)
-
-
-def _backward(ctx, gy, gref):
-    x, w, b, ref = ctx.saved_tensors
-    stride, padding, dilation, output_padding, groups = ctx.conv
-    act, alpha, gain, clamp = ctx.act
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    g, gb = torch.ops.fastgan.bias_act_backward(gy, gy if ref is None else ref, b, 1, act, alpha, gain, clamp,
-                                                need_b)
-    if ctx.kind == "x" and gref is not None:
-        g = g + gref  # ref (the pre-activation) is an output too: second-order terms arrive here
-    gx = gw = None
-    if need_x or need_w:
-        gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, dilation, True,
-                                                        output_padding, groups, [need_x, need_w, False])
-    return (gx, gw, gb if need_b else None) + (None,) * 9
-
-
-torch.library.register_autograd("fastgan::conv_transpose2d_act", _backward, setup_context=_setup)
