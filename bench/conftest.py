@@ -18,15 +18,12 @@ def pytest_addoption(parser):
     parser.addoption("--quick-bench", action="store_true", help="fewer shapes")
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def timed(fn):
+    from fastgan.bench import _sync
+
     def run():
         out = fn()
-        sync()
+        _sync()
         return out
     return run
 

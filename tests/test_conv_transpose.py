@@ -607,3 +607,21 @@ def test_bfloat16_grads_tolerance_catches_a_wrong_slope_gain_or_bias(bug):
     tols = [dict(atol=3e-2 * r.abs().max().item(), rtol=3e-2) for r in want]
     assert not any(fails(r.bfloat16().double(), r, **t) for r, t in zip(want, tols))
     assert any(fails(a.bfloat16().double(), r, **t) for a, r, t in zip(bad, want, tols))
+
+
+@pytest.mark.parametrize("var", ["FASTGAN_VERBOSE", "FASTGAN_CONV_TRANSPOSE_VERBOSE"])
+def test_verbose_reports_the_measured_choice(var, monkeypatch, capfd):
+    """With FASTGAN_VERBOSE=1 (or the op's own switch) the first call of a new shape says which path
+    it chose and the timings behind it; without it, nothing is printed."""
+    monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
+    monkeypatch.delenv("FASTGAN_VERBOSE", raising=False)
+    monkeypatch.delenv("FASTGAN_CONV_TRANSPOSE_VERBOSE", raising=False)
+    n = 3 if var == "FASTGAN_VERBOSE" else 5  # a shape no other test uses, so it is measured here
+    w = torch.randn(7, 3, 4, 4)
+    conv_transpose2d_act(torch.randn(n, 7, 3, 5), w, stride=2, padding=1, act="relu")
+    assert "conv_transpose2d_act" not in capfd.readouterr().err
+    monkeypatch.setenv(var, "1")
+    conv_transpose2d_act(torch.randn(n, 7, 5, 3), w, stride=2, padding=1, act="relu")
+    err = capfd.readouterr().err
+    assert "fastgan conv_transpose2d_act:" in err and "-> " in err and "aten" in err, err
+    assert "[%d, 7, 5, 3]" % n in err, err

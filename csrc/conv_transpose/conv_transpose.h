@@ -239,9 +239,13 @@ inline Path forced_path() {
   return Path::Auto;
 }
 
+// FASTGAN_VERBOSE=1 (every measured choice fastgan makes) or FASTGAN_CONV_TRANSPOSE_VERBOSE=1.
 inline bool verbose() {
-  const char* e = std::getenv("FASTGAN_CONV_TRANSPOSE_VERBOSE");
-  return e != nullptr && e[0] == '1';
+  for (const char* name : {"FASTGAN_VERBOSE", "FASTGAN_CONV_TRANSPOSE_VERBOSE"}) {
+    const char* e = std::getenv(name);
+    if (e != nullptr && e[0] == '1') return true;
+  }
+  return false;
 }
 
 inline std::string shape_key(const char* dev, const at::Tensor& x, const at::Tensor& w, bool has_bias,

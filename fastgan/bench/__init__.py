@@ -107,9 +107,9 @@ def summarise(family: str, name: str, measured: Dict[str, Optional[dict]], conte
     `call_<rival>`: "fastgan" or the rival when every round agrees, else "too close to call"."""
     row = {"family": family, "case": name}
     for who in contenders:
-        m = measured.get(who, "absent")
-        if m == "absent":
+        if who not in measured:
             continue
+        m = measured[who]
         if m is None:
             row[f"{who}_ms"] = None
             continue

@@ -19,7 +19,7 @@ ATen's transposed convolution (oneDNN / cuDNN) + the bias_act epilogue, or fastg
 decomposition with the epilogue fused (CPU: one stride-1 convolution over phase-packed weights +
 one interleave/epilogue pass; CUDA: a tensor-core implicit-GEMM kernel, verified against cuDNN at
 its first use). FASTGAN_CONV_TRANSPOSE_PATH=auto|aten|fused overrides the choice;
-FASTGAN_CONV_TRANSPOSE_VERBOSE=1 prints each decision.
+FASTGAN_VERBOSE=1 (or FASTGAN_CONV_TRANSPOSE_VERBOSE=1) prints each decision to stderr.
 """
 import torch
 
