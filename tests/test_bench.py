@@ -79,3 +79,22 @@ def test_rows_and_tables_label_warm_cold_and_the_undecided(monkeypatch, capsys):
     assert md.splitlines()[-1].count("|") == 10
     with pytest.raises(ValueError, match="unknown op families"):
         bench.run("cpu", quick=True, families=["nope"])
+
+
+def test_profile_step_script_groups_the_time():
+    """bench/profile_step.py (docs/benchmarks.md's step profile) runs and its groups add up to 100%."""
+    import os
+    import re
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "profile_step.py"), "--size", "16",
+                          "--width", "8", "--batch", "4", "--steps", "1", "--channels-last"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if "ms/step" in line]
+    assert [r.split()[0] for r in rows] == ["fastgan", "eager"], out.stdout
+    for r in rows:
+        shares = [int(v) for v in re.findall(r"(\d+)%", r)]
+        assert len(shares) == 5 and 97 <= sum(shares) <= 103, r
+        assert shares[0] > 0, r  # convolutions are found
