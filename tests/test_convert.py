@@ -205,7 +205,7 @@ def test_tutorial_dcgan_training_float32():
 
 def test_optimizer_built_before_conversion_keeps_training_the_model():
     G, D = tutorial_pair()
-    Gr, Dr = copy.deepcopy(G), copy.deepcopy(D)
+    Dr = copy.deepcopy(D)
     criterion = nn.BCELoss()
     opt = torch.optim.Adam(D.parameters(), lr=0.0002, betas=(0.5, 0.999))
     opt_r = torch.optim.Adam(Dr.parameters(), lr=0.0002, betas=(0.5, 0.999))
