@@ -244,13 +244,11 @@ std::tuple<at::Tensor, at::Tensor> bias_act_autocast(const at::Tensor& x, const 
 // Python autograd path cost more than the kernel, forward and backward. The backward op is itself
 // differentiable: its grad-gradient is the same op again (it is linear in grad), its ref-gradient
 // is the activation's second derivative (ATen ops below; zero for the piecewise-linear ones).
-
 using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
                                                       c10::string_view, double, double, double);
 using BackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                        const c10::optional<at::Tensor>&, int64_t, c10::string_view,
                                                        double, double, double, bool);
-
 
 // Through the dispatcher (autograd, tracing and device dispatch all apply).
 std::tuple<at::Tensor, at::Tensor> call_backward(const at::Tensor& grad, const at::Tensor& ref,
@@ -268,7 +266,6 @@ std::vector<int64_t> channel_shape(int64_t ndim, int64_t dim) {
 }
 
 int64_t wrapped(int64_t dim, int64_t ndim) { return dim < 0 ? dim + ndim : dim; }
-
 
 struct Saved {
   int64_t dim;
@@ -322,8 +319,7 @@ class BackwardFn : public torch::autograd::Function<BackwardFn> {
                                const c10::optional<at::Tensor>& b, int64_t dim, std::string act, double alpha,
                                double gain, double clamp, bool bias_grad) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static auto op = find_op<BackwardSig>("fastgan::bias_act_backward");
-    auto [gx, gb] = op.call(grad, ref, b, dim, act, alpha, gain, clamp, bias_grad);
+    auto [gx, gb] = call_backward(grad, ref, b, dim, act, alpha, gain, clamp, bias_grad);
     const Ref kind = ref_of(parse_act(act), clamp >= 0);
     const bool second = kind == Ref::X || kind == Ref::Y;
     ctx->save_for_backward({second ? grad : at::Tensor(), kind != Ref::None ? ref : at::Tensor(),
