@@ -64,4 +64,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_transpose_paths", &conv_transpose_paths, "the conv-transpose path chosen for each shape so far");
   m.def("clear_conv_transpose_paths", [] { fastgan::conv_transpose::PathCache::get().clear(); },
         "forget the chosen paths (the next call of each shape chooses again)");
+  m.def(
+      "set_conv_transpose_path",
+      [](const std::string& key, const std::string& path, double t_aten, double t_fused) {
+        TORCH_CHECK(path == "aten" || path == "fused", "fastgan: path must be 'aten' or 'fused', got '", path, "'");
+        fastgan::conv_transpose::PathCache::get().store(
+            key, path == "fused" ? fastgan::conv_transpose::Path::Fused : fastgan::conv_transpose::Path::Aten,
+            t_aten, t_fused, "(restored)");
+      },
+      "restore a choice (a key from conv_transpose_paths()): a resumed run takes the paths it took before");
 }

@@ -18,6 +18,8 @@ kernel, the block, the thread and the source line.
 import contextlib
 import os
 
+from .ops import _choose
+
 __all__ = ["available", "info", "configure", "backend", "native", "ops", "schedules"]
 
 # Thread orders a test runs a kernel under: a correct kernel gives the same bits in each.
@@ -81,7 +83,8 @@ def backend(**options):
     was = s.routed()
     s.route(True)
     try:
-        yield
+        with _choose.pinned():  # the kernels are what runs, never the eager fallback
+            yield
     finally:
         if not was:
             s.route(False)

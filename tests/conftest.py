@@ -36,6 +36,12 @@ if not os.environ.get("FASTGAN_CACHE"):
 else:
     SESSION_CACHE = None
 
+# The op tests test the kernels: the measured eager fallback (fastgan.ops._choose) is pinned off
+# here, so that no test compares eager PyTorch with itself; tests/test_choose.py turns it back on.
+# Inherited by the CLI subprocesses (whose runs are then the same bits in every process).
+os.environ.setdefault("FASTGAN_BIAS_ACT_PATH", "fused")
+os.environ.setdefault("FASTGAN_BATCH_NORM_ACT_PATH", "fused")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

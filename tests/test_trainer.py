@@ -403,3 +403,33 @@ def test_simt_training_steps_match_the_cpu_kernels(loss, r1, digits16):
     for k in runs[0]:
         torch.testing.assert_close(runs[1][k], runs[0][k], atol=2e-4, rtol=2e-3, msg=k)
     assert not same(runs[0], runs[1]), "the two runs took the same kernels"
+
+
+def test_resume_restores_the_measured_paths(digits16, tmp_path, monkeypatch):
+    """The fused/eager choices measured in a run (fastgan.ops._choose, the conv-transpose launcher)
+    travel in the checkpoint: a resumed process takes the same paths, whatever its own timings say."""
+    import fastgan
+    from fastgan.ops import _choose
+    for f in _choose.ENV:
+        monkeypatch.setitem(_choose._MODE, f, "auto")
+    monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
+    _choose.clear()
+    fastgan._C.clear_conv_transpose_paths()
+    try:
+        a = tiny()
+        a.fit(digits16, 2, 16, progress=False)
+        a.save_checkpoint(str(tmp_path / "c.pt"))
+        ops, conv = _choose.choices(), fastgan._C.conv_transpose_paths()
+        assert ops and conv
+        # another process, another measurement: every choice the other way
+        for k, v in list(_choose._cache.items()):
+            _choose._cache[k] = (not v[0],) + v[1:]
+        for key, path, ta, tf, _ in conv:
+            fastgan._C.set_conv_transpose_path(key, "aten" if path == "fused" else "fused", ta, tf)
+        assert _choose.choices() != ops
+        tiny().load_checkpoint(str(tmp_path / "c.pt"))
+        assert _choose.choices() == ops
+        assert [e[:4] for e in fastgan._C.conv_transpose_paths()] == [e[:4] for e in conv]
+    finally:
+        _choose.clear()
+        fastgan._C.clear_conv_transpose_paths()

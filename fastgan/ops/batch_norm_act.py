@@ -50,7 +50,7 @@ conditional D; the conditional BN sits in G, whose double backward no penalty ne
 """
 import torch
 
-from . import reference
+from . import _choose, reference
 from ._checks import check_choice, check_tensor
 from ._verify import verified
 
@@ -81,6 +81,9 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
     (already incremented for this batch, as nn.BatchNorm2d does).
     memory_efficient: for linear/lrelu(alpha > 0) the backward keeps only y (see the module doc);
     False keeps x instead.
+    On the CPU, a shape where eager F.batch_norm + activation is faster runs that instead (measured
+    at the first call of each shape, forward and backward where gradients are needed, and cached;
+    it keeps what eager keeps; FASTGAN_BATCH_NORM_ACT_PATH=auto|fused|eager, see fastgan.ops._choose).
     """
     check_tensor(_FN, "x", x)
     eps, momentum, M, update = _check_stats(_FN, x, act, running_mean, running_var, training, eps, momentum,
@@ -90,11 +93,50 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
             _check_channels(_FN, name, t, x)
     alpha = float(alpha)
     keep_input = not memory_efficient
+    if _choose.candidate("batch_norm_act", x):
+        g = torch.is_grad_enabled()
+        grads = (g and x.requires_grad, g and weight is not None and weight.requires_grad,
+                 g and bias is not None and bias.requires_grad)
+        if not training and not grads[0]:  # eval with only the parameters requiring grad: an evaluation
+            grads = (False, False, False)  # outside no_grad far more often than a backward; time the forward
+        key = ("batch_norm_act", x.dtype, x.shape, x.stride(), weight is not None, bias is not None, training,
+               running_mean is not None, act, memory_efficient, grads, torch.get_num_threads())
+        if _choose.use_eager(key, _contenders, x, weight, bias, running_mean, running_var, training, eps, act,
+                             alpha, keep_input, grads):
+            if update:
+                factor = momentum if momentum is not None else 1.0 / float(num_batches_tracked)
+            else:
+                factor = 0.0
+            return _eager(x, weight, bias, running_mean, running_var, training, factor, eps, act, alpha)
     y, mean, var = torch.ops.fastgan.batch_norm_act(x, weight, bias, running_mean, running_var, training,
                                                     eps, act, alpha, keep_input)
     if update:
         torch.ops.fastgan.batch_norm_act_update_stats_(running_mean, running_var, mean.detach(),
                                                        var.detach(), num_batches_tracked, momentum, M)
+    return y
+
+
+def _contenders(x, weight, bias, running_mean, running_var, training, eps, act, alpha, keep_input, grads):
+    """The fused op and _eager, one call each on throwaway copies (in training without the running
+    statistics: measuring updates nothing); None where _eager does not apply."""
+    if not x.numel() or any(t is not None and t.dtype != x.dtype for t in (weight, bias, running_mean, running_var)):
+        return None
+    stats = (None, None) if training else (running_mean, running_var)
+    return (_choose.run_once(lambda x, w, b: torch.ops.fastgan.batch_norm_act(
+                x, w, b, *stats, training, eps, act, alpha, keep_input)[0], (x, weight, bias), grads),
+            _choose.run_once(lambda x, w, b: _eager(x, w, b, *stats, training, 0.0, eps, act, alpha),
+                             (x, weight, bias), grads))
+
+
+def _eager(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
+    """The eager PyTorch this op replaces: F.batch_norm (which updates the running statistics in
+    training) and the activation in place on its fresh output (BatchNorm's backward reads its input,
+    not its output), as nn.BatchNorm2d + nn.ReLU(inplace=True) do."""
+    y = torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    if act == "relu":
+        return torch.relu_(y)
+    if act == "lrelu":
+        return torch.nn.functional.leaky_relu_(y, alpha)
     return y
 
 

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from . import reference
+from . import _choose, reference
 from ._checks import check_choice, check_same_device, check_tensor
 from ._verify import verified
 
@@ -67,6 +67,8 @@ def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=
     alpha: lrelu slope (default 0.2) or elu alpha (default 1.0); ignored by the others.
     gain: default 1.0. clamp: None for no clamp; where clamped, the gradient is zero.
     Any dtype of float32/float16/bfloat16/float64, any strides (channels_last is not copied).
+    On the CPU, a shape where the eager ops are faster runs them instead (measured at the first call
+    of each shape and cached; FASTGAN_BIAS_ACT_PATH=auto|fused|eager, see fastgan.ops._choose).
     """
     fn = "fastgan.ops.bias_act"
     check_tensor(fn, "x", x)
@@ -74,7 +76,36 @@ def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=
         check_tensor(fn, "b", b)
         check_same_device(fn, "b", b, "x", x)
     alpha, gain, clamp = resolve(fn, act, alpha, gain, clamp)
+    if _choose.candidate("bias_act", x):
+        g = torch.is_grad_enabled()
+        grads = (g and x.requires_grad, g and b is not None and b.requires_grad)
+        key = ("bias_act", x.dtype, x.shape, x.stride(), b is not None, dim, act, clamp >= 0, gain != 1.0, grads,
+               torch.get_num_threads())
+        if _choose.use_eager(key, _contenders, x, b, dim, act, alpha, gain, clamp, grads):
+            return _eager(x, b, dim, act, alpha, gain, clamp)
     return torch.ops.fastgan.bias_act(x, b, dim, act, alpha, gain, clamp)[0]
+
+
+def _bias_fits(x, b, dim):
+    """Whether b is None or a (C,) bias of x's dtype for dim (else the fused op raises its error)."""
+    if b is None:
+        return True
+    return (b.dtype == x.dtype and b.dim() == 1 and isinstance(dim, int) and -x.dim() <= dim < x.dim()
+            and b.shape[0] == x.shape[dim])
+
+
+def _eager(x, b, dim, act, alpha, gain, clamp):
+    """The eager PyTorch this op replaces: x + b, activation, * gain, clamp."""
+    return reference.bias_act(x, b, act=act, alpha=alpha, gain=gain, clamp=None if clamp < 0 else clamp, dim=dim)
+
+
+def _contenders(x, b, dim, act, alpha, gain, clamp, grads):
+    """The fused op and _eager, one call each on throwaway copies; None where _eager does not apply."""
+    if not x.numel() or not _bias_fits(x, b, dim):
+        return None
+    return (_choose.run_once(lambda x, b: torch.ops.fastgan.bias_act(x, b, dim, act, alpha, gain, clamp)[0],
+                             (x, b), grads),
+            _choose.run_once(lambda x, b: _eager(x, b, dim, act, alpha, gain, clamp), (x, b), grads))
 
 
 # ---- fake kernels (shapes, strides and dtypes for torch.compile) ---------------------------

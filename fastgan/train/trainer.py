@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..ops import _choose
 from . import checkpoint as ckpt
 from .data import make_batches
 
@@ -490,18 +491,20 @@ class GANTrainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically: models, optimizers, EMA, scalers, step,
-        data order and every RNG, as tensors and plain data."""
+        data order, every RNG and the measured fused/eager path choices (fastgan.ops._choose), as
+        tensors and plain data."""
         from .. import models
         kind = models.kind_of(self.generator)
         if self.discriminator is None or kind != models.kind_of(self.discriminator):
             kind = None
-        rng = _rng_state()
+        rng, paths = _rng_state(), _choose.export()
         if self.world > 1:
-            allr = [None] * self.world
+            allr, allp = [None] * self.world, [None] * self.world
             dist.all_gather_object(allr, rng)
-            rng = allr
+            dist.all_gather_object(allp, paths)
+            rng, paths = allr, allp
         else:
-            rng = [rng]
+            rng, paths = [rng], [paths]
         return {
             "format": ckpt.FORMAT, "version": ckpt.VERSION, "step": self.step,
             "generator": self.generator.state_dict(),
@@ -516,7 +519,7 @@ class GANTrainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items() if k not in ("g", "d")},
             "scalers": {k: s.state_dict() for k, s in self.scalers.items() if k not in ("g", "d")},
             "objective": self.objective.state_dict(),
-            "rng": rng, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
+            "rng": rng, "paths": paths, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
             "history": self.history, "config": self.config, "world": self.world,
             "models": _models_meta(kind, self.generator, self.discriminator),
             "torch": str(torch.__version__),
@@ -576,7 +579,9 @@ class GANTrainer:
         self.history = list(ck.get("history") or [])
         self._data_state = ck.get("data")
         self._batches = None
-        rng = ck.get("rng") or []
+        rng, paths = ck.get("rng") or [], ck.get("paths") or []
+        if len(paths) == self.world:  # the fused/eager paths measured before: the same numerics again
+            _choose.restore(paths[self.rank])
         if len(rng) == self.world:
             _set_rng_state(rng[self.rank])
         else:  # another process count: fresh but deterministic streams
