@@ -76,7 +76,8 @@ def test_rows_and_tables_label_warm_cold_and_the_undecided(monkeypatch, capsys):
     assert "?" in line and "cold" in line and "[" in line
     md = bench.markdown(bench.environment("cpu"), [undecided])
     assert "median [min-max]" in md and "too close to call" in md and "Cold" in md
-    assert md.splitlines()[-1].count("|") == 10
+    assert md.splitlines()[-1].count("|") == 11
+    assert row["fastgan_path"] == "-" and md.splitlines()[-1].endswith("| - |")  # no fastgan op ran
     with pytest.raises(ValueError, match="unknown op families"):
         bench.run("cpu", quick=True, families=["nope"])
 
@@ -98,3 +99,33 @@ def test_profile_step_script_groups_the_time():
         shares = [int(v) for v in re.findall(r"(\d+)%", r)]
         assert len(shares) == 5 and 97 <= sum(shares) <= 103, r
         assert shares[0] > 0, r  # convolutions are found
+
+
+def test_rows_name_the_path_the_fallback_ran(monkeypatch):
+    """A case whose fastgan contender ran the measured eager fallback says so in its row."""
+    import torch
+
+    from fastgan.ops import _choose, bias_act
+    monkeypatch.setitem(_choose._MODE, "bias_act", "auto")
+    _choose.clear()
+    x = torch.randn(2, 3, 4, 4)
+
+    def suite(device, quick):
+        return [bench.Case("fake", "bias_act", {"fastgan": lambda: bias_act(x, None, act="relu"),
+                                                "eager": lambda: torch.relu(x)}),
+                bench.Case("fake", "two keys", {"fastgan": lambda: (bias_act(x, None, act="relu"),
+                                                                   bias_act(x, None, act="tanh")),
+                                                "eager": lambda: torch.relu(x)})]
+    monkeypatch.setitem(bench.SUITES, "fake", suite)
+    monkeypatch.setattr(bench, "_suites", lambda: dict(bench.SUITES))
+    try:
+        first, second = bench.run("cpu", quick=True, families=["fake"])
+        (key,) = [k for k in _choose._cache if k[6] == "relu"]
+        assert first["fastgan_path"] == ("eager" if _choose._cache[key][0] else "fused")
+        _choose._cache[key] = (True,) + _choose._cache[key][1:]
+        (tanh,) = [k for k in _choose._cache if k[6] == "tanh"]
+        _choose._cache[tanh] = (False,) + _choose._cache[tanh][1:]
+        assert _choose.summary([key, tanh, key]) == "eager 1/2"
+        assert "path " in bench.format_row(second)
+    finally:
+        _choose.clear()

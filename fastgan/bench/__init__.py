@@ -26,6 +26,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..ops import _choose
+
 CONTENDERS = ("fastgan", "eager", "compile")
 
 
@@ -162,8 +164,10 @@ def run(device: str, quick: bool, families=None, contenders=CONTENDERS) -> List[
     for fam in families or list(suites):
         for case in suites[fam](device, quick):
             fns = {w: case.fns[w] for w in contenders if w in case.fns}
-            measured = measure(fns, min_time, label=f"{case.family} {case.name}")
+            with _choose.traced() as used:
+                measured = measure(fns, min_time, label=f"{case.family} {case.name}")
             row = summarise(case.family, case.name, measured, contenders)
+            row["fastgan_path"] = _choose.summary(used)
             f = row.get("fastgan_ms")
             if f and case.bytes:
                 row["fastgan_GBps"] = case.bytes / (f / 1e3) / 1e9
@@ -193,6 +197,8 @@ def _cold(r):
 
 def format_row(r: dict) -> str:
     extra = ""
+    if r.get("fastgan_path", "-") != "-":
+        extra += f"  path {r['fastgan_path']}"
     if "fastgan_GBps" in r:
         extra += f"  {r['fastgan_GBps']:.1f} GB/s"
     if "fastgan_TFLOPs" in r:
@@ -232,14 +238,16 @@ def markdown(env: dict, rows: List[dict]) -> str:
              f"{env['threads']} threads), torch {env['torch']}, commit {env.get('commit')}.", "",
              f"Warm: ms per call, median [min-max] of {REPS} interleaved rounds. Ratios: rival / fastgan "
              "(> 1: fastgan faster), [range of the per-round ratios], ? where the rounds disagree (too close "
-             "to call). Cold: the first call (fresh allocations, kernel plans, torch.compile's compilation).", "",
+             "to call). Cold: the first call (fresh allocations, kernel plans, torch.compile's compilation). "
+             "Path: what fastgan's measured fallback ran (fused, eager, or how many of the keys a case "
+             "used went eager; - where no choice applies).", "",
              "| family | case | fastgan ms | eager ms | compile ms | vs eager | vs compile | cold ms (fastgan/eager/compile) "
-             "| fastgan GB/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| fastgan GB/s | path |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         gbps = f"{r['fastgan_GBps']:.1f}" if r.get("fastgan_GBps") is not None else "-"
         lines.append(f"| {r['family']} | {r['case']} | {_ms(r, 'fastgan')} | {_ms(r, 'eager')} | {_ms(r, 'compile')} | "
-                     f"{_ratio(r, 'eager')} | {_ratio(r, 'compile')} | {_cold(r)} | {gbps} |")
+                     f"{_ratio(r, 'eager')} | {_ratio(r, 'compile')} | {_cold(r)} | {gbps} | {r.get('fastgan_path', '-')} |")
     return "\n".join(lines) + "\n"
 
 

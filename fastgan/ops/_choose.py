@@ -36,6 +36,28 @@ TIE = 0.95
 # key -> (use_eager, ms_fused, ms_eager)
 _cache: dict = {}
 _pinned = 0
+_trace = None  # inside traced(): the keys whose cached choice the calls used
+
+
+@contextlib.contextmanager
+def traced():
+    """Collects, in the list it yields, the key of every call that took a measured choice (fastgan
+    bench labels each row with the paths its fastgan contender ran)."""
+    global _trace
+    old, _trace = _trace, []
+    try:
+        yield _trace
+    finally:
+        _trace = old
+
+
+def summary(keys) -> str:
+    """'fused', 'eager' or 'eager k/n' for the distinct keys of traced(); '-' when there are none."""
+    keys = set(keys)
+    eager = sum(bool(_cache[k][0]) for k in keys if k in _cache)
+    if not keys:
+        return "-"
+    return "fused" if eager == 0 else "eager" if eager == len(keys) else f"eager {eager}/{len(keys)}"
 
 
 @contextlib.contextmanager
@@ -103,6 +125,8 @@ def use_eager(key: tuple, make, *args) -> bool:
     eager path cannot take these arguments (the fused op then raises its error)."""
     hit = _cache.get(key)
     if hit is not None:
+        if _trace is not None:
+            _trace.append(key)
         return hit[0]
     if _MODE[key[0]] != "eager" and not _can_measure():
         return False
@@ -134,6 +158,8 @@ def use_eager(key: tuple, make, *args) -> bool:
     f, e = min(tf), min(te)
     choice = e < TIE * f
     _cache[key] = (choice, f * 1e3, e * 1e3)
+    if _trace is not None:
+        _trace.append(key)
     if os.environ.get("FASTGAN_VERBOSE", "0") == "1":
         print(f"fastgan {key[0]}: {_describe(key)} -> {'eager' if choice else 'fused'} "
               f"(fused {f * 1e3:.3f} ms, eager {e * 1e3:.3f} ms, min of {rounds})", file=sys.stderr)
