@@ -33,7 +33,7 @@ def _pin(monkeypatch, path):
 
 
 @pytest.mark.parametrize("act,clamp,gain", [("lrelu", None, 2 ** 0.5), ("relu", 0.7, 1.0), ("gelu", None, 1.0),
-                                            ("tanh", 0.5, 3.0)])
+                                            ("tanh", 0.5, 3.0), ("softplus", None, 1.0), ("elu", 2.0, 1.5)])
 def test_bias_act_eager_path_matches_the_fused_op(monkeypatch, act, clamp, gain):
     x = torch.randn(3, 7, 5, 4, dtype=torch.float64).permute(0, 2, 3, 1)  # non-contiguous
     b = torch.randn(7, dtype=torch.float64)
@@ -49,10 +49,35 @@ def test_bias_act_eager_path_matches_the_fused_op(monkeypatch, act, clamp, gain)
     torch.testing.assert_close(out["eager"][0], ref.bias_act(x, b, act=act, gain=gain, clamp=clamp, dim=3))
 
 
-@pytest.mark.parametrize("act", ["relu", "lrelu", "linear"])
+def test_eager_bias_act_is_finite_where_the_fused_op_is(monkeypatch):
+    """softplus at large inputs (exp overflows float32 above 88) and a 2-D x with dim=-1."""
+    x = torch.tensor([[-200.0, -5.0, 0.0, 5.0, 95.0, 1e4]], requires_grad=True)
+    out = {}
+    for path in ("fused", "eager"):
+        _pin(monkeypatch, path)
+        y = bias_act(x, torch.zeros(6), act="softplus", dim=-1)
+        out[path] = (y, *torch.autograd.grad(y.sum(), x))
+    for a, e in zip(out["fused"], out["eager"]):
+        assert torch.isfinite(e).all()
+        torch.testing.assert_close(e, a)
+
+
+def test_a_cached_eager_choice_still_checks_the_bias(auto):
+    """b's dtype and shape are not in the key: a call whose b does not fit takes the fused op (and
+    gets its error), whatever the cache says for that key."""
+    x = torch.randn(2, 3, 4, 4)
+    bias_act(x, torch.randn(3), act="relu")
+    (key,) = _choose._cache
+    _choose._cache[key] = (True, 1.0, 0.5)
+    torch.testing.assert_close(bias_act(x, torch.ones(3), act="relu"), torch.relu(x + 1))
+    with pytest.raises(RuntimeError, match="argument 'b'"):
+        bias_act(x, torch.ones(1), act="relu")
+
+
+@pytest.mark.parametrize("act,alpha", [("relu", 0.0), ("lrelu", 0.2), ("lrelu", -0.5), ("linear", 0.0)])
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_act_eager_path_matches_the_fused_op(monkeypatch, act, momentum, training):
+def test_batch_norm_act_eager_path_matches_the_fused_op(monkeypatch, act, alpha, momentum, training):
     x = torch.randn(6, 4, 3, 5, dtype=torch.float64) * 2 + 0.5
     w, b = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
     rm0, rv0 = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
@@ -61,7 +86,7 @@ def test_batch_norm_act_eager_path_matches_the_fused_op(monkeypatch, act, moment
         _pin(monkeypatch, path)
         xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
         rm, rv, nbt = rm0.clone(), rv0.clone(), torch.tensor(3)
-        y = batch_norm_act(xr, wr, br, rm, rv, training=training, momentum=momentum, act=act, alpha=0.2,
+        y = batch_norm_act(xr, wr, br, rm, rv, training=training, momentum=momentum, act=act, alpha=alpha,
                            num_batches_tracked=nbt)
         g = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
         out[path] = (y, *torch.autograd.grad(y, (xr, wr, br), g), rm, rv)
@@ -70,6 +95,24 @@ def test_batch_norm_act_eager_path_matches_the_fused_op(monkeypatch, act, moment
     if training:  # the running statistics moved, by the cumulative factor 1/3 where momentum is None
         f = 1 / 3 if momentum is None else momentum
         torch.testing.assert_close(out["eager"][4], (1 - f) * rm0 + f * x.mean((0, 2, 3)))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("memory_efficient", [True, False])
+def test_batch_norm_act_eager_path_without_stats_or_affine_channels_last(monkeypatch, affine, memory_efficient):
+    x = (torch.randn(5, 6, 4, 3, dtype=torch.float64) + 1).to(memory_format=torch.channels_last)
+    w, b = (torch.rand(6, dtype=torch.float64) + 0.5, torch.randn(6, dtype=torch.float64)) if affine else (None, None)
+    out = {}
+    for path in ("fused", "eager"):
+        _pin(monkeypatch, path)
+        xr = x.clone().requires_grad_()
+        wr, br = (None, None) if w is None else (w.clone().requires_grad_(), b.clone().requires_grad_())
+        y = batch_norm_act(xr, wr, br, training=True, act="lrelu", alpha=0.1, memory_efficient=memory_efficient)
+        wrt = [t for t in (xr, wr, br) if t is not None]
+        out[path] = (y, *torch.autograd.grad(y, wrt, torch.randn_like(y, generator=torch.Generator().manual_seed(2))))
+    assert out["eager"][0].is_contiguous(memory_format=torch.channels_last)
+    for a, e in zip(out["fused"], out["eager"]):
+        torch.testing.assert_close(e, a, atol=1e-10, rtol=1e-10)
 
 
 def test_module_on_the_eager_path_matches_nn(monkeypatch):
@@ -101,7 +144,7 @@ def test_measuring_touches_nothing(auto):
     mods[1](x)
     assert torch.equal(torch.get_rng_state(), state)
     assert len(_choose.choices()) == 1
-    assert x.grad is None and mods[1].weight.grad is None
+    assert mods[1].weight.grad is None
     assert int(mods[1].num_batches_tracked) == 1
     for k in ("running_mean", "running_var"):
         torch.testing.assert_close(getattr(mods[1], k), getattr(mods[0], k), atol=1e-6, rtol=1e-6)
@@ -175,6 +218,32 @@ def test_pins_take_the_fused_op(monkeypatch):
     torch.compile(lambda t: bias_act(t, None, act="relu"), fullgraph=True, backend="eager")(x)
     with pytest.raises(AssertionError, match="eager path taken"):
         bias_act(x, None, act="relu")
+
+
+def test_a_pin_overrides_the_cache_and_modes_skip_it(auto):
+    """FASTGAN_*_PATH=eager wins over a cached (or restored) fused choice; under saved-tensor hooks
+    or a dispatch mode the fused op runs whatever the cache holds."""
+    from torch.utils.flop_counter import FlopCounterMode
+    mod = sys.modules["fastgan.ops.bias_act"]
+    x = torch.randn(2, 3, 4, 4)
+    bias_act(x, None, act="relu")
+    (key,) = _choose._cache
+    _choose._cache[key] = (False, 1.0, 2.0)
+    _pin(auto, "eager")
+    calls = []
+    real = mod._eager
+    auto.setattr(mod, "_eager", lambda *a: calls.append(1) or real(*a))
+    bias_act(x, None, act="relu")
+    assert calls == [1]
+    _pin(auto, "auto")
+    _choose._cache[key] = (True, 2.0, 1.0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        bias_act(x, None, act="relu")
+    with FlopCounterMode(display=False):
+        bias_act(x, None, act="relu")
+    assert calls == [1]
+    bias_act(x, None, act="relu")
+    assert calls == [1, 1]
 
 
 def test_no_measurement_under_saved_tensor_hooks_or_vmap(auto):

@@ -41,10 +41,10 @@ _trace = None  # inside traced(): the keys whose cached choice the calls used
 
 @contextlib.contextmanager
 def traced():
-    """Collects, in the list it yields, the key of every call that took a measured choice (fastgan
+    """Collects, in the set it yields, the key of every call that took a measured choice (fastgan
     bench labels each row with the paths its fastgan contender ran)."""
     global _trace
-    old, _trace = _trace, []
+    old, _trace = _trace, set()
     try:
         yield _trace
     finally:
@@ -98,18 +98,20 @@ def candidate(family: str, x: torch.Tensor) -> bool:
     if m not in MODES:
         raise ValueError(f"fastgan: environment variable {ENV[family]} must be auto, fused or eager, "
                          f"got {m!r}")
-    return (x.is_cpu and x.dtype in _DTYPES and type(x) is torch.Tensor
+    return (x.is_cpu and x.dtype in _DTYPES and type(x) is torch.Tensor and not x.is_inference()
             and not torch.is_autocast_enabled("cpu"))
 
 
 def _can_measure() -> bool:
     """Not inside torch.func transforms (vmap, grad), saved-tensor hooks (activation checkpointing,
-    offloading) or torch.jit tracing, where the extra forward and backward of a measurement would be
-    transformed, hooked or traced: a call there takes the fused op and caches nothing. (A choice
-    already cached holds there too: the eager path is plain torch ops.)"""
+    offloading), torch.jit tracing or Python dispatch / function modes (make_fx, FlopCounterMode,
+    memory trackers), where the extra forward and backward of a measurement would be transformed,
+    hooked, traced or counted. A call there takes the fused op whatever the cache holds, so that
+    a checkpointed forward and its recomputation (both under hooks) take the same path."""
     return (torch._C._functorch.peek_interpreter_stack() is None
             and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
-            and torch._C._get_tracing_state() is None)
+            and torch._C._get_tracing_state() is None and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled())
 
 
 def _time(fn) -> float:
@@ -123,18 +125,18 @@ def use_eager(key: tuple, make, *args) -> bool:
     fields, thread count). On a cache miss, make(*args) gives (fused, eager): closures that run one call
     each (forward and, where gradients are needed, backward) on throwaway inputs; or None where the
     eager path cannot take these arguments (the fused op then raises its error)."""
+    if _MODE[key[0]] == "eager":  # pinned: whatever the cache holds (restored from a checkpoint too)
+        return make(*args) is not None
+    if not _can_measure():
+        return False
     hit = _cache.get(key)
     if hit is not None:
         if _trace is not None:
-            _trace.append(key)
+            _trace.add(key)
         return hit[0]
-    if _MODE[key[0]] != "eager" and not _can_measure():
-        return False
     pair = make(*args)  # (no closure at the call site: it would make the caller's locals cells)
     if pair is None:
         return False
-    if _MODE[key[0]] == "eager":
-        return True
     fused, eager = pair
     with torch.random.fork_rng(devices=[]):  # the paths draw no random numbers; this makes sure
         fused()  # first: a bad argument raises the fused op's own error, and nothing is cached
@@ -159,7 +161,7 @@ def use_eager(key: tuple, make, *args) -> bool:
     choice = e < TIE * f
     _cache[key] = (choice, f * 1e3, e * 1e3)
     if _trace is not None:
-        _trace.append(key)
+        _trace.add(key)
     if os.environ.get("FASTGAN_VERBOSE", "0") == "1":
         print(f"fastgan {key[0]}: {_describe(key)} -> {'eager' if choice else 'fused'} "
               f"(fused {f * 1e3:.3f} ms, eager {e * 1e3:.3f} ms, min of {rounds})", file=sys.stderr)

@@ -99,8 +99,9 @@ def batch_norm_act(x, weight=None, bias=None, running_mean=None, running_var=Non
                  g and bias is not None and bias.requires_grad)
         if not training and not grads[0]:  # eval with only the parameters requiring grad: an evaluation
             grads = (False, False, False)  # outside no_grad far more often than a backward; time the forward
-        key = ("batch_norm_act", x.dtype, x.shape, x.stride(), weight is not None, bias is not None, training,
-               running_mean is not None, act, memory_efficient, grads, torch.get_num_threads())
+        key = ("batch_norm_act", x.dtype, x.shape, x.stride(), weight is not None, bias is not None,
+               bool(training), running_mean is not None, act, bool(memory_efficient), grads,
+               torch.get_num_threads())
         if _choose.use_eager(key, _contenders, x, weight, bias, running_mean, running_var, training, eps, act,
                              alpha, keep_input, grads):
             if update:
@@ -131,12 +132,13 @@ def _contenders(x, weight, bias, running_mean, running_var, training, eps, act, 
 def _eager(x, weight, bias, running_mean, running_var, training, momentum, eps, act, alpha):
     """The eager PyTorch this op replaces: F.batch_norm (which updates the running statistics in
     training) and the activation in place on its fresh output (BatchNorm's backward reads its input,
-    not its output), as nn.BatchNorm2d + nn.ReLU(inplace=True) do."""
+    not its output), as nn.BatchNorm2d + nn.ReLU(inplace=True) do. (A negative lrelu slope runs out of
+    place: autograd cannot invert it from the output.)"""
     y = torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     if act == "relu":
         return torch.relu_(y)
     if act == "lrelu":
-        return torch.nn.functional.leaky_relu_(y, alpha)
+        return torch.nn.functional.leaky_relu(y, alpha, inplace=alpha >= 0)
     return y
 
 

@@ -76,13 +76,13 @@ def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=
         check_tensor(fn, "b", b)
         check_same_device(fn, "b", b, "x", x)
     alpha, gain, clamp = resolve(fn, act, alpha, gain, clamp)
-    if _choose.candidate("bias_act", x):
+    if type(dim) is int and _choose.candidate("bias_act", x):
         g = torch.is_grad_enabled()
         grads = (g and x.requires_grad, g and b is not None and b.requires_grad)
         key = ("bias_act", x.dtype, x.shape, x.stride(), b is not None, dim, act, clamp >= 0, gain != 1.0, grads,
                torch.get_num_threads())
-        if _choose.use_eager(key, _contenders, x, b, dim, act, alpha, gain, clamp, grads):
-            return _eager(x, b, dim, act, alpha, gain, clamp)
+        if _choose.use_eager(key, _contenders, x, b, dim, act, alpha, gain, clamp, grads) and _bias_fits(x, b, dim):
+            return _eager(x, b, dim, act, alpha, gain, clamp)  # (b's dtype and shape are not in the key)
     return torch.ops.fastgan.bias_act(x, b, dim, act, alpha, gain, clamp)[0]
 
 
@@ -95,8 +95,16 @@ def _bias_fits(x, b, dim):
 
 
 def _eager(x, b, dim, act, alpha, gain, clamp):
-    """The eager PyTorch this op replaces: x + b, activation, * gain, clamp."""
-    return reference.bias_act(x, b, act=act, alpha=alpha, gain=gain, clamp=None if clamp < 0 else clamp, dim=dim)
+    """The eager PyTorch this op replaces: x + b, activation, * gain, clamp. (softplus is F.softplus
+    with its default threshold, within 2e-9 of the exact log(1 + e^x) and finite everywhere.)"""
+    if b is not None:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        x = x + b.reshape(shape)
+    y = torch.nn.functional.softplus(x) if act == "softplus" else reference.act_fn(act, x, alpha)
+    if gain != 1.0:
+        y = y * gain
+    return y.clamp(-clamp, clamp) if clamp >= 0 else y
 
 
 def _contenders(x, b, dim, act, alpha, gain, clamp, grads):

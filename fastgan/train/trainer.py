@@ -581,7 +581,11 @@ class GANTrainer:
         self._batches = None
         rng, paths = ck.get("rng") or [], ck.get("paths") or []
         if len(paths) == self.world:  # the fused/eager paths measured before: the same numerics again
-            _choose.restore(paths[self.rank])
+            try:
+                _choose.restore(paths[self.rank])
+            except (TypeError, ValueError, AttributeError, RuntimeError) as e:
+                warnings.warn(f"{source}: the measured kernel paths could not be restored ({e}); they are "
+                              "measured again (training continues, not necessarily bit-identically)")
         if len(rng) == self.world:
             _set_rng_state(rng[self.rank])
         else:  # another process count: fresh but deterministic streams
