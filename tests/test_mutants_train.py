@@ -506,7 +506,8 @@ def test_state_dict_contents():
     assert sd["config"] == t.config and sd["history"] is t.history
     assert sd["scaler_g"]["scale"] == 65536.0 and sd["scaler_d"] is not None
     assert sd["data"]["kind"] == "index" and sd["data"]["pos"] == 8 and sd["data"]["epoch"] == 1
-    assert len(sd["rng"]) == 1 and set(sd["rng"][0]) == {"torch", "numpy", "python", "cuda"}
+    assert len(sd["rng"]) == 1 and set(sd["rng"][0]) == {"torch", "numpy", "python", "cuda", "paths"}
+    assert set(sd["rng"][0]["paths"]) == {"ops", "conv_transpose"}  # the kernel paths it measured
     for k in ("generator", "discriminator", "ema"):
         assert set(sd[k]) == {"weight", "bias"}
 

@@ -497,14 +497,14 @@ class GANTrainer:
         kind = models.kind_of(self.generator)
         if self.discriminator is None or kind != models.kind_of(self.discriminator):
             kind = None
-        rng, paths = _rng_state(), _choose.export()
+        # per process, in one collective: its random streams and the kernel paths it measured
+        rng = dict(_rng_state(), paths=_choose.export())
         if self.world > 1:
-            allr, allp = [None] * self.world, [None] * self.world
+            allr = [None] * self.world
             dist.all_gather_object(allr, rng)
-            dist.all_gather_object(allp, paths)
-            rng, paths = allr, allp
+            rng = allr
         else:
-            rng, paths = [rng], [paths]
+            rng = [rng]
         return {
             "format": ckpt.FORMAT, "version": ckpt.VERSION, "step": self.step,
             "generator": self.generator.state_dict(),
@@ -519,7 +519,7 @@ class GANTrainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items() if k not in ("g", "d")},
             "scalers": {k: s.state_dict() for k, s in self.scalers.items() if k not in ("g", "d")},
             "objective": self.objective.state_dict(),
-            "rng": rng, "paths": paths, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
+            "rng": rng, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
             "history": self.history, "config": self.config, "world": self.world,
             "models": _models_meta(kind, self.generator, self.discriminator),
             "torch": str(torch.__version__),
@@ -579,10 +579,10 @@ class GANTrainer:
         self.history = list(ck.get("history") or [])
         self._data_state = ck.get("data")
         self._batches = None
-        rng, paths = ck.get("rng") or [], ck.get("paths") or []
-        if len(paths) == self.world:  # the fused/eager paths measured before: the same numerics again
+        rng = ck.get("rng") or []
+        if len(rng) == self.world and rng[self.rank].get("paths"):  # the fused/eager paths measured before
             try:
-                _choose.restore(paths[self.rank])
+                _choose.restore(rng[self.rank]["paths"])
             except (TypeError, ValueError, AttributeError, RuntimeError) as e:
                 warnings.warn(f"{source}: the measured kernel paths could not be restored ({e}); they are "
                               "measured again (training continues, not necessarily bit-identically)")
