@@ -52,7 +52,7 @@ static pybind11::dict build_info() {
 static pybind11::list conv_transpose_paths() {
   pybind11::list out;
   for (const auto& [key, c] : fastgan::conv_transpose::PathCache::get().entries()) {
-    out.append(pybind11::make_tuple(key, c.path == fastgan::conv_transpose::Path::Fused ? "fused" : "aten",
+    out.append(pybind11::make_tuple(key, fastgan::conv_transpose::path_name(c.path),
                                     c.t_aten, c.t_fused, c.note));
   }
   return out;
@@ -67,10 +67,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_conv_transpose_path",
       [](const std::string& key, const std::string& path, double t_aten, double t_fused) {
-        TORCH_CHECK(path == "aten" || path == "fused", "fastgan: path must be 'aten' or 'fused', got '", path, "'");
-        fastgan::conv_transpose::PathCache::get().store(
-            key, path == "fused" ? fastgan::conv_transpose::Path::Fused : fastgan::conv_transpose::Path::Aten,
-            t_aten, t_fused, "(restored)");
+        const auto p = fastgan::conv_transpose::parse_path(path);
+        TORCH_CHECK(p != fastgan::conv_transpose::Path::Auto, "fastgan: path must be 'aten', 'aten_cl' or 'fused', got '",
+                    path, "'");
+        fastgan::conv_transpose::PathCache::get().store(key, p, t_aten, t_fused, "(restored)");
       },
       "restore a choice (a key from conv_transpose_paths()): a resumed run takes the paths it took before");
 }

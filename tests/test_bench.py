@@ -132,3 +132,30 @@ def test_rows_name_the_path_the_fallback_ran(monkeypatch):
         assert _choose.summary([key, tanh, key]) == "eager 1/2"
     finally:
         _choose.clear()
+
+
+def test_rows_name_the_conv_transpose_paths(monkeypatch):
+    """A case's row names the conv-transpose paths its fastgan contender's launcher chose (measured
+    afresh per case), counted where several shapes chose differently, after the fallback's label."""
+    import torch
+
+    import fastgan
+    from fastgan.ops import conv_transpose2d_act
+    x, w = torch.randn(2, 3, 5, 4), torch.randn(3, 2, 4, 4)
+
+    def suite(device, quick):
+        return [bench.Case("fake", "one", {"fastgan": lambda: conv_transpose2d_act(x, w, stride=2, padding=1),
+                                           "eager": lambda: x.sum()})]
+    monkeypatch.setitem(bench.SUITES, "fake", suite)
+    monkeypatch.setattr(bench, "_suites", lambda: dict(bench.SUITES))
+    for pin in ("aten", "aten_cl", "fused"):  # a pin is not cached: the launcher ran, but chose nothing
+        monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", pin)
+        assert bench.run("cpu", quick=True, families=["fake"])[0]["fastgan_path"] == "-"
+    monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
+    (row,) = bench.run("cpu", quick=True, families=["fake"])
+    (entry,) = fastgan._C.conv_transpose_paths()
+    assert row["fastgan_path"] == entry[1] and entry[1] in ("aten", "aten_cl", "fused")
+    conv = [("k1", "aten"), ("k2", "fused"), ("k3", "aten")]
+    assert bench._paths("-", conv) == "aten 2/3 fused 1/3"
+    assert bench._paths("eager 1/2", conv[:1]) == "eager 1/2; aten"
+    assert bench._paths("fused", []) == "fused" and bench._paths("-", []) == "-"

@@ -1,7 +1,7 @@
 """conv_transpose2d_act / FusedConvTranspose2d against F.conv_transpose2d + the reference activation.
 
-Both forward paths are tested explicitly (FASTGAN_CONV_TRANSPOSE_PATH=aten|fused) besides the
-measured choice (auto), on CPU and, where a GPU is present, CUDA.
+Every forward path is tested explicitly (FASTGAN_CONV_TRANSPOSE_PATH=aten|aten_cl|fused) besides
+the measured choice (auto), on CPU and, where a GPU is present, CUDA.
 """
 import os
 import random
@@ -71,7 +71,7 @@ def conv_args(cfg):
 
 
 # ---- forward correctness ----------------------------------------------------------------------
-@with_path("aten", "fused")
+@with_path("aten", "fused", "aten_cl")
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
 def test_random_configs_float64(path, i):
     cfg = CONFIGS[i]
@@ -87,7 +87,7 @@ def test_random_configs_float64(path, i):
     assert y.is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
 
 
-@with_path("aten", "fused", "auto")
+@with_path("aten", "fused", "aten_cl", "auto")
 @pytest.mark.parametrize("act", ACTS)
 def test_activations_and_grads_float32(path, act):
     cfg = dict(n=2, cin=6, cout_g=4, h=5, w=4, k=(4, 4), s=(2, 2), p=(1, 1), op=(0, 0), g=1, d=(1, 1), bias=True,
@@ -106,7 +106,7 @@ def test_activations_and_grads_float32(path, act):
         torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4, msg=lambda m: f"grad {name}: {m}")
 
 
-@with_path("aten", "fused")
+@with_path("aten", "fused", "aten_cl")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dtypes(path, dtype):
     cfg = dict(n=2, cin=8, cout_g=5, h=6, w=5, k=(4, 4), s=(2, 2), p=(1, 1), op=(1, 0), g=1, d=(1, 1), bias=True,
@@ -120,7 +120,7 @@ def test_dtypes(path, dtype):
     torch.testing.assert_close(y.double(), ref, atol=tol * ref.abs().max().item(), rtol=tol)
 
 
-@with_path("aten", "fused")
+@with_path("aten", "fused", "aten_cl")
 def test_bfloat16_channels_last_grads(path):
     cfg = dict(n=2, cin=8, cout_g=8, h=4, w=4, k=(4, 4), s=(2, 2), p=(1, 1), op=(0, 0), g=1, d=(1, 1), bias=True,
                cl=True)
@@ -145,7 +145,7 @@ GRAD_CFGS = [  # small: gradgradcheck differentiates numerically through every i
 GRAD_CASES = [("lrelu", 0), ("tanh", 1), ("gelu", 0), ("linear", 1), ("swish", 2), ("relu", 2)]
 
 
-@with_path("aten", "fused")
+@with_path("aten", "fused", "aten_cl")
 @pytest.mark.parametrize("act,ci", GRAD_CASES)
 def test_gradcheck_gradgradcheck(path, act, ci):
     cfg = GRAD_CFGS[ci]
@@ -164,7 +164,7 @@ def test_gradcheck_gradgradcheck(path, act, ci):
 
 
 # ---- torch.library / torch.compile ----------------------------------------------------------
-@with_path("aten", "fused")
+@with_path("aten", "fused", "aten_cl")
 @pytest.mark.parametrize("act,cl,grad", [("lrelu", True, True), ("gelu", False, True), ("tanh", False, False),
                                          ("linear", True, False)])
 def test_opcheck(path, act, cl, grad):
@@ -208,7 +208,7 @@ def test_autocast_cpu():
 
 
 # ---- odd shapes and layouts ------------------------------------------------------------------
-@with_path("aten", "fused", "auto")
+@with_path("aten", "fused", "aten_cl", "auto")
 def test_odd_shapes(path):
     w = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     b = torch.randn(2, dtype=torch.float64)
@@ -238,7 +238,7 @@ def test_channels_last_weight_gives_channels_last(path):
     torch.testing.assert_close(y, torch.tanh(F.conv_transpose2d(x, w, None, 2, 1)), atol=1e-5, rtol=1e-5)
 
 
-@with_path("aten", "fused")
+@with_path("aten", "fused", "aten_cl")
 def test_unbatched(path):
     x = torch.randn(4, 5, 3, dtype=torch.float64)
     w = torch.randn(4, 2, 3, 3, dtype=torch.float64)
@@ -352,7 +352,7 @@ def test_bad_inputs():
 
 def test_path_env_var(monkeypatch):
     monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "fastest")
-    with pytest.raises(RuntimeError, match="FASTGAN_CONV_TRANSPOSE_PATH must be auto, aten or fused"):
+    with pytest.raises(RuntimeError, match="FASTGAN_CONV_TRANSPOSE_PATH must be auto, aten, aten_cl or fused"):
         conv_transpose2d_act(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 2, 2))
 
 
@@ -625,3 +625,43 @@ def test_verbose_reports_the_measured_choice(var, monkeypatch, capfd):
     err = capfd.readouterr().err
     assert "fastgan conv_transpose2d_act:" in err and "-> " in err and "aten" in err, err
     assert "[%d, 7, 5, 3]" % n in err, err
+
+
+def test_auto_times_aten_cl_for_nchw_results_only(monkeypatch, capfd):
+    """The measured choice has three CPU candidates: aten, fused, and aten_cl (oneDNN's channels_last
+    deconvolution behind an NCHW result). aten_cl is timed only where the result is NCHW (for a
+    channels_last result it is the aten path), the result keeps the layout the fake kernel promises
+    whichever path wins, and the cache reports the winner by its name."""
+    monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
+    monkeypatch.setenv("FASTGAN_VERBOSE", "1")
+    w = torch.randn(6, 5, 4, 4)
+    for cl in (False, True):
+        x = torch.randn(2, 6, 7, 3)  # a shape no other test uses
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = conv_transpose2d_act(x, w, stride=2, padding=1, act="lrelu")
+        line = [e for e in capfd.readouterr().err.splitlines() if "[2, 6, 7, 3]" in e]
+        assert len(line) == 1, line
+        assert ("(aten_cl " in line[0]) != cl, line
+        assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        torch.testing.assert_close(y, reference.conv_transpose2d_act(x, w, None, 2, 1, act="lrelu"),
+                                   atol=1e-5, rtol=1e-5)
+    paths = {e[0]: e[1] for e in fastgan._C.conv_transpose_paths()}
+    assert set(paths.values()) <= {"aten", "aten_cl", "fused"}
+
+
+def test_restored_aten_cl_choice_is_taken(monkeypatch):
+    """set_conv_transpose_path (the trainer's resume) accepts every path name the cache reports, the
+    restored aten_cl choice is the one taken, and a bad name is an error naming the choices."""
+    monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
+    x, w = torch.randn(3, 4, 5, 2, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    conv_transpose2d_act(x, w, stride=2, act="relu")
+    key = [e[0] for e in fastgan._C.conv_transpose_paths() if "[3, 4, 5, 2]" in e[0]]
+    assert len(key) == 1, key
+    fastgan._C.set_conv_transpose_path(key[0], "aten_cl", 1.0, 2.0)
+    assert [e[1:4] for e in fastgan._C.conv_transpose_paths() if e[0] == key[0]] == [("aten_cl", 1.0, 2.0)]
+    y = conv_transpose2d_act(x, w, stride=2, act="relu")
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, reference.conv_transpose2d_act(x, w, None, 2, act="relu"))
+    with pytest.raises(RuntimeError, match="'aten', 'aten_cl' or 'fused'"):
+        fastgan._C.set_conv_transpose_path(key[0], "fastest", 1.0, 2.0)

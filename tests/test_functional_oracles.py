@@ -273,7 +273,7 @@ CT_CFGS = [  # (N, Cin, Cout, H, W, k, stride, padding, output_padding, groups, 
 ]
 
 
-@pytest.fixture(params=["aten", "fused"])
+@pytest.fixture(params=["aten", "aten_cl", "fused"])
 def ct_path(request, monkeypatch):
     monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", request.param)
     return request.param

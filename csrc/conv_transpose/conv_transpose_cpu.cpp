@@ -202,6 +202,11 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cpu(
   const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(strictly_channels_last(x_in) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const at::Tensor& w = w_in;
   if (g.N == 0 || g.Cin == 0 || g.Cout == 0) return run_aten(x, w, b, g, p, act);
+  const bool cl_ok = !channels_last_out(x, w);  // aten_cl differs from aten only for an NCHW result
+  auto run = [&](Path path) {
+    if (path == Path::Fused) return call_fused(x, w, b, g, p);
+    return run_aten(x, w, b, g, p, act, path == Path::AtenCl && cl_ok);
+  };
   Path path = forced_path();
   if (path == Path::Fused) {
     TORCH_CHECK(fused_supported(g), "fastgan: FASTGAN_CONV_TRANSPOSE_PATH=fused, but the CPU fused path "
@@ -209,32 +214,37 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cpu(
                 ") and stride (", g.s[0], ", ", g.s[1], ")");
     return call_fused(x, w, b, g, p);
   }
-  if (path == Path::Aten || !fused_supported(g)) return run_aten(x, w, b, g, p, act);
+  if (path != Path::Auto) return run(path);
   const std::string key = shape_key("cpu", x, w, b.has_value(), g, int(p.ref), act, clamp,
                                     at::get_num_threads());
   auto& cache = PathCache::get();
-  if (cache.lookup(key, &path)) {
-    return path == Path::Fused ? call_fused(x, w, b, g, p) : run_aten(x, w, b, g, p, act);
-  }
-  // First call of this shape: time both (after one warm-up each: oneDNN builds its primitives),
-  // keep the faster, and return the result of its last run.
+  if (cache.lookup(key, &path)) return run(path);
+  // First call of this shape: time the candidates interleaved (the first round is a warm-up: oneDNN
+  // builds its primitives), keep the fastest, and return the result of its last run.
+  std::vector<Path> cand{Path::Aten};
+  if (fused_supported(g)) cand.push_back(Path::Fused);
+  if (cl_ok) cand.push_back(Path::AtenCl);
+  if (cand.size() == 1) return run(Path::Aten);
   using clock = std::chrono::steady_clock;
-  double t_aten = 1e30, t_fused = 1e30;
-  std::tuple<at::Tensor, at::Tensor> out_aten, out_fused;
+  std::vector<double> t(cand.size(), 1e30);
+  std::vector<std::tuple<at::Tensor, at::Tensor>> out(cand.size());
   for (int rep = 0; rep < 4; rep++) {
-    auto t0 = clock::now();
-    out_fused = call_fused(x, w, b, g, p);
-    auto t1 = clock::now();
-    out_aten = run_aten(x, w, b, g, p, act);
-    auto t2 = clock::now();
-    if (rep > 0) {
-      t_fused = std::min(t_fused, std::chrono::duration<double>(t1 - t0).count());
-      t_aten = std::min(t_aten, std::chrono::duration<double>(t2 - t1).count());
+    for (size_t i = 0; i < cand.size(); i++) {
+      const size_t k = rep % 2 ? cand.size() - 1 - i : i;  // alternate the order between rounds
+      const auto t0 = clock::now();
+      out[k] = run(cand[k]);
+      if (rep > 0) t[k] = std::min(t[k], std::chrono::duration<double>(clock::now() - t0).count());
     }
   }
-  const bool fused = t_fused < t_aten;
-  cache.store(key, fused ? Path::Fused : Path::Aten, t_aten, t_fused, "");
-  return fused ? out_fused : out_aten;
+  const size_t best = std::min_element(t.begin(), t.end()) - t.begin();
+  const auto time_of = [&](Path q) {
+    for (size_t i = 0; i < cand.size(); i++) if (cand[i] == q) return t[i];
+    return 0.0;
+  };
+  char note[48] = "";
+  if (cl_ok) std::snprintf(note, sizeof note, "(aten_cl %.3f ms)", time_of(Path::AtenCl) * 1e3);
+  cache.store(key, cand[best], time_of(Path::Aten), time_of(Path::Fused), note);
+  return out[best];
 }
 
 // Autocast: conv_transpose2d is a lower-precision op under autocast; x, weight and bias are cast

@@ -591,7 +591,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cuda(
                 why);
     return call_fused(x, w, b, g, p, mode, key);
   }
-  if (path == Path::Aten || mode == Mode::None) return run_aten(x, w, b, g, p, act);
+  if (path == Path::Aten || path == Path::AtenCl || mode == Mode::None) return run_aten(x, w, b, g, p, act);
   auto& cache = PathCache::get();
   if (cache.lookup(key, &path)) {
     return path == Path::Fused ? call_fused(x, w, b, g, p, mode, key) : run_aten(x, w, b, g, p, act);

@@ -129,7 +129,7 @@ pybind11::dict build_info() {
 pybind11::list conv_transpose_paths() {
   pybind11::list out;
   for (const auto& [key, c] : fastgan::conv_transpose::PathCache::get().entries()) {
-    out.append(pybind11::make_tuple(key, c.path == fastgan::conv_transpose::Path::Fused ? "fused" : "aten",
+    out.append(pybind11::make_tuple(key, fastgan::conv_transpose::path_name(c.path),
                                     c.t_aten, c.t_fused, c.note));
   }
   return out;

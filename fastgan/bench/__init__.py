@@ -15,6 +15,7 @@ the per-round ratios. Ratios are contender time / fastgan time: above 1 means fa
 When the per-round ratios fall on both sides of 1 the spread is too wide to call a winner, and the
 row says so.
 """
+import collections
 import dataclasses
 import datetime
 import json
@@ -26,6 +27,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .. import _C
 from ..ops import _choose
 
 CONTENDERS = ("fastgan", "eager", "compile")
@@ -150,6 +152,14 @@ def register_suite(family: str):
     return deco
 
 
+def _paths(ops: str, conv) -> str:
+    """The row's path column: bias_act/batch_norm_act's (fused, eager, eager k/n) and the conv-transpose
+    launcher's choices (aten, aten_cl, fused; counted where they differ), '-' where there are none."""
+    names = collections.Counter(e[1] for e in conv)
+    ct = next(iter(names)) if len(names) == 1 else " ".join(f"{k} {n}/{len(conv)}" for k, n in sorted(names.items()))
+    return "; ".join(p for p in (ops if ops != "-" else "", ct) if p) or "-"
+
+
 def run(device: str, quick: bool, families=None, contenders=CONTENDERS) -> List[dict]:
     rows = []
     min_time = 0.2 if quick else 1.0
@@ -164,10 +174,11 @@ def run(device: str, quick: bool, families=None, contenders=CONTENDERS) -> List[
     for fam in families or list(suites):
         for case in suites[fam](device, quick):
             fns = {w: case.fns[w] for w in contenders if w in case.fns}
+            _C.clear_conv_transpose_paths()  # so that the entries after the case are the case's own choices
             with _choose.traced() as used:
                 measured = measure(fns, min_time, label=f"{case.family} {case.name}")
             row = summarise(case.family, case.name, measured, contenders)
-            row["fastgan_path"] = _choose.summary(used)
+            row["fastgan_path"] = _paths(_choose.summary(used), _C.conv_transpose_paths())
             f = row.get("fastgan_ms")
             if f and case.bytes:
                 row["fastgan_GBps"] = case.bytes / (f / 1e3) / 1e9

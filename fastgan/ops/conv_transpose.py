@@ -15,10 +15,12 @@ csrc/conv_transpose/conv_transpose_cpu.cpp, for its per-call cost):
   grad_x, grad_w = convolution_backward(g) (grad_x is an ordinary strided convolution)
 
 Which kernel runs the forward is chosen per shape by measurement at its first call and cached:
-ATen's transposed convolution (oneDNN / cuDNN) + the bias_act epilogue, or fastgan's phase
-decomposition with the epilogue fused (CPU: one stride-1 convolution over phase-packed weights +
-one interleave/epilogue pass; CUDA: a tensor-core implicit-GEMM kernel, verified against cuDNN at
-its first use). FASTGAN_CONV_TRANSPOSE_PATH=auto|aten|fused overrides the choice;
+"aten", ATen's transposed convolution (oneDNN / cuDNN) + the bias_act epilogue; "aten_cl" (CPU, NCHW
+results), the same on a channels_last copy of x, since oneDNN's channels_last deconvolution skips the
+copy its NCHW one makes of its output; or "fused", fastgan's phase decomposition with the epilogue
+fused (CPU: one stride-1 convolution over phase-packed weights + one interleave/epilogue pass; CUDA: a
+tensor-core implicit-GEMM kernel, verified against cuDNN at its first use). The backward is the same
+for all three. FASTGAN_CONV_TRANSPOSE_PATH=auto|aten|aten_cl|fused overrides the choice;
 FASTGAN_VERBOSE=1 (or FASTGAN_CONV_TRANSPOSE_VERBOSE=1) prints each decision to stderr.
 """
 import torch
