@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--paths", default="aten,aten_cl,fused,auto")
     a = ap.parse_args()
+    if a.rounds < 2:
+        ap.error("--rounds must be at least 2 (the ratios' quartiles need two)")
     n, c, h, w, cout = (int(v) for v in a.shape.split(","))
     torch.manual_seed(0)
     ours = FusedConvTranspose2d(c, cout, 4, 2, 1, activation="lrelu")

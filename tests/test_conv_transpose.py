@@ -634,6 +634,7 @@ def test_auto_times_aten_cl_for_nchw_results_only(monkeypatch, capfd):
     whichever path wins, and the cache reports the winner by its name."""
     monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
     monkeypatch.setenv("FASTGAN_VERBOSE", "1")
+    fastgan._C.clear_conv_transpose_paths()  # each shape below is measured here
     w = torch.randn(6, 5, 4, 4)
     for cl in (False, True):
         x = torch.randn(2, 6, 7, 3)  # a shape no other test uses
@@ -650,18 +651,40 @@ def test_auto_times_aten_cl_for_nchw_results_only(monkeypatch, capfd):
     assert set(paths.values()) <= {"aten", "aten_cl", "fused"}
 
 
-def test_restored_aten_cl_choice_is_taken(monkeypatch):
-    """set_conv_transpose_path (the trainer's resume) accepts every path name the cache reports, the
-    restored aten_cl choice is the one taken, and a bad name is an error naming the choices."""
+def _path_taken(fn):
+    """Which CPU path a float32 NCHW call ran, read off the ATen ops it called (torch.profiler sees the
+    launcher's own calls): aten_cl copies x (aten::to), fused runs a forward convolution (aten::conv2d)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {e.name for e in prof.events()}
+    return "fused" if "aten::conv2d" in names else "aten_cl" if "aten::to" in names else "aten"
+
+
+def test_restored_choices_are_taken(monkeypatch):
+    """set_conv_transpose_path (the trainer's resume) accepts every path name the cache reports, and
+    the restored choice is the path the next call takes; a restored fused choice for a geometry the
+    fused path cannot run (dilation 2) runs aten instead; a bad name is an error naming the choices."""
     monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
-    x, w = torch.randn(3, 4, 5, 2, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
-    conv_transpose2d_act(x, w, stride=2, act="relu")
-    key = [e[0] for e in fastgan._C.conv_transpose_paths() if "[3, 4, 5, 2]" in e[0]]
-    assert len(key) == 1, key
-    fastgan._C.set_conv_transpose_path(key[0], "aten_cl", 1.0, 2.0)
-    assert [e[1:4] for e in fastgan._C.conv_transpose_paths() if e[0] == key[0]] == [("aten_cl", 1.0, 2.0)]
-    y = conv_transpose2d_act(x, w, stride=2, act="relu")
-    assert y.is_contiguous()
-    torch.testing.assert_close(y, reference.conv_transpose2d_act(x, w, None, 2, act="relu"))
+    x, w = torch.randn(3, 4, 5, 2), torch.randn(4, 3, 3, 3)
+    for pin in ("aten", "aten_cl", "fused"):  # the detector itself, on pinned paths
+        monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", pin)
+        assert _path_taken(lambda: conv_transpose2d_act(x, w, stride=2, act="relu")) == pin
+    monkeypatch.setenv("FASTGAN_CONV_TRANSPOSE_PATH", "auto")
+    for dilation in (1, 2):
+        def call():
+            return conv_transpose2d_act(x, w, stride=2, dilation=dilation, act="relu")
+        call()
+        key = [e[0] for e in fastgan._C.conv_transpose_paths() if "[3, 4, 5, 2]" in e[0] and f" d{dilation}," in e[0]]
+        assert len(key) == 1, key
+        want = reference.conv_transpose2d_act(x, w, None, 2, dilation=dilation, act="relu")
+        for path in ("aten_cl", "aten", "fused"):
+            fastgan._C.set_conv_transpose_path(key[0], path, 1.0, 2.0)
+            assert [e[1:4] for e in fastgan._C.conv_transpose_paths() if e[0] == key[0]] == [(path, 1.0, 2.0)]
+            taken = path if dilation == 1 or path != "fused" else "aten"
+            assert _path_taken(call) == taken
+            y = call()
+            assert y.is_contiguous()
+            torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
     with pytest.raises(RuntimeError, match="'aten', 'aten_cl' or 'fused'"):
         fastgan._C.set_conv_transpose_path(key[0], "fastest", 1.0, 2.0)

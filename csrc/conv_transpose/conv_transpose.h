@@ -170,8 +170,9 @@ inline std::tuple<at::Tensor, at::Tensor> run_aten(const at::Tensor& x, const at
   const bool up = x.is_cpu() && !cpu_native_half(x.scalar_type());
   c10::optional<at::Tensor> bias = x_kind ? c10::optional<at::Tensor>() : b;
   if (up && bias.has_value()) bias = bias->to(at::kFloat);
-  at::Tensor xin = up ? x.to(at::kFloat) : x;
-  if (via_cl) xin = xin.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor xin = up || via_cl ? x.to(up ? at::kFloat : x.scalar_type(), false, false,
+                                             via_cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Preserve)
+                                      : x;
   at::Tensor conv = at::conv_transpose2d(xin, up ? w.to(at::kFloat) : w, bias,
                                          {g.s[0], g.s[1]}, {g.p[0], g.p[1]}, {g.op[0], g.op[1]}, g.G,
                                          {g.d[0], g.d[1]});
@@ -233,10 +234,12 @@ inline PhaseDim make_phase_dim(int64_t in, int64_t out, int64_t k, int64_t s, in
 // fastest.
 enum class Path : int { Auto = 0, Aten = 1, Fused = 2, AtenCl = 3 };
 
-// aten_cl (CPU, NCHW output only): the aten path with the input in channels_last, so that oneDNN runs
-// its channels_last deconvolution (1.3-1.6x faster than its NCHW one at DCGAN shapes on the AVX2 build
-// machine); the result comes back to NCHW in the epilogue's copy, and the backward's convolutions go
-// the same way. On CUDA it is the aten path.
+// aten_cl (CPU, NCHW result only): the aten path with x copied to channels_last, so that oneDNN runs its
+// channels_last deconvolution, which skips the copy its NCHW one makes of its output; the result is
+// copied back to NCHW before the epilogue. It wins at some shapes (about 1.2x the aten forward at
+// 16x128x16x16 -> 64 and 64x64x8x8 -> 32 on the AVX2 build machine) and ties or loses at others, so
+// it is one more measured candidate. The backward is the same for every path (NCHW). On CUDA it is
+// the aten path.
 inline const char* path_name(Path p) {
   return p == Path::Fused ? "fused" : p == Path::AtenCl ? "aten_cl" : p == Path::Aten ? "aten" : "auto";
 }

@@ -1,14 +1,15 @@
 // conv_transpose2d_act on the CPU.
 //
-// Two paths, chosen per shape by measurement (conv_transpose.h):
-//   fused  the phase decomposition: the s*s phases of the transposed convolution are one stride-1
-//          convolution over phase-packed weights (oneDNN through at::conv2d; for k4 s2 p1 a 2x2
-//          convolution with 4*Cout output channels), and one fused pass interleaves the phases
-//          into the output while adding the bias, applying the activation, gain and clamp, and
-//          writing the backward's mask. oneDNN's deconvolution is much slower than its forward
-//          convolution on NCHW tensors, so this path often wins there.
-//   aten   at::conv_transpose2d (oneDNN deconvolution, bias included) and the bias_act epilogue,
-//          in place where the activation allows it.
+// Three paths, chosen per shape by measurement (conv_transpose.h, Path):
+//   fused    the phase decomposition: the s*s phases of the transposed convolution are one stride-1
+//            convolution over phase-packed weights (oneDNN through at::conv2d; for k4 s2 p1 a 2x2
+//            convolution with 4*Cout output channels), and one fused pass interleaves the phases
+//            into the output while adding the bias, applying the activation, gain and clamp, and
+//            writing the backward's mask. oneDNN's deconvolution is much slower than its forward
+//            convolution on NCHW tensors, so this path often wins there.
+//   aten     at::conv_transpose2d (oneDNN deconvolution, bias included) and the bias_act epilogue,
+//            in place where the activation allows it.
+//   aten_cl  aten on a channels_last copy of x, for an NCHW result.
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
@@ -202,9 +203,12 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cpu(
   const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(strictly_channels_last(x_in) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const at::Tensor& w = w_in;
   if (g.N == 0 || g.Cin == 0 || g.Cout == 0) return run_aten(x, w, b, g, p, act);
-  const bool cl_ok = !channels_last_out(x, w);  // aten_cl differs from aten only for an NCHW result
+  // aten_cl differs from aten only for an NCHW result of an x that is not channels_last already (an
+  // N x C x 1 x 1 x is both).
+  const bool cl_ok = !channels_last_out(x, w) && !x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  // A cached or restored choice runs only where it can: fused needs a supported geometry.
   auto run = [&](Path path) {
-    if (path == Path::Fused) return call_fused(x, w, b, g, p);
+    if (path == Path::Fused && fused_supported(g)) return call_fused(x, w, b, g, p);
     return run_aten(x, w, b, g, p, act, path == Path::AtenCl && cl_ok);
   };
   Path path = forced_path();
@@ -219,8 +223,9 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cpu(
                                     at::get_num_threads());
   auto& cache = PathCache::get();
   if (cache.lookup(key, &path)) return run(path);
-  // First call of this shape: time the candidates interleaved (the first round is a warm-up: oneDNN
-  // builds its primitives), keep the fastest, and return the result of its last run.
+  // First call of this shape: time the candidates interleaved, the order alternating (the first round
+  // is a warm-up: oneDNN builds its primitives), keep the fastest minimum, and return the result of its
+  // last run. Three timed rounds, up to eight while the two fastest are within 10% of each other.
   std::vector<Path> cand{Path::Aten};
   if (fused_supported(g)) cand.push_back(Path::Fused);
   if (cl_ok) cand.push_back(Path::AtenCl);
@@ -228,9 +233,14 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_cpu(
   using clock = std::chrono::steady_clock;
   std::vector<double> t(cand.size(), 1e30);
   std::vector<std::tuple<at::Tensor, at::Tensor>> out(cand.size());
-  for (int rep = 0; rep < 4; rep++) {
+  auto close = [&] {
+    std::vector<double> s = t;
+    std::sort(s.begin(), s.end());
+    return s[1] < 1.1 * s[0];
+  };
+  for (int rep = 0; rep < 4 || (rep < 9 && close()); rep++) {
     for (size_t i = 0; i < cand.size(); i++) {
-      const size_t k = rep % 2 ? cand.size() - 1 - i : i;  // alternate the order between rounds
+      const size_t k = rep % 2 ? cand.size() - 1 - i : i;
       const auto t0 = clock::now();
       out[k] = run(cand[k]);
       if (rep > 0) t[k] = std::min(t[k], std::chrono::duration<double>(clock::now() - t0).count());
