@@ -113,9 +113,13 @@ def _cmd_train(args) -> int:
     if args.identity is not None and (not translation or args.identity < 0):
         raise CLIError(f"--identity must be >= 0, got {args.identity}" if translation else
                        "--identity is the translation models' identity loss (--model cyclegan or stargan); drop it")
+    if args.pack < 1:
+        raise CLIError(f"--pack must be a positive integer, got {args.pack}")
     if translation:
         return _train_translation(args, ds)
     model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
+    if args.pack > 1 and model not in ("dcgan", "mlp"):
+        raise CLIError(f"--pack applies to --model dcgan and mlp (the plain GAN's discriminator); drop it for {model}")
     classes = None
     if model in CONDITIONAL:
         if ds.y is None or ds.num_classes is None or ds.num_classes < 2:
@@ -150,9 +154,9 @@ def _cmd_train(args) -> int:
         elif model == "progan":  # grown from 4x4 to `size`
             G = models.ProGenerator(z_dim, ds.x.shape[1], size, width)
             D = models.ProDiscriminator(ds.x.shape[1], size, width)
-        else:
+        else:  # with --pack m, D takes m images side by side (m times the channels)
             G = models.DCGANGenerator(z_dim, ds.x.shape[1], size, width)
-            D = models.DCGANDiscriminator(ds.x.shape[1], size, width)
+            D = models.DCGANDiscriminator(ds.x.shape[1] * args.pack, size, width)
     else:
         if ds.kind != "points":
             raise CLIError(f"--model {model} needs 2-D points (ring8, grid25, an (N, D) array); --data {args.data} "
@@ -164,7 +168,7 @@ def _cmd_train(args) -> int:
             D = models.ProjectionMLPDiscriminator(ds.x.shape[1], classes, width)
         else:
             G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
-            D = models.MLPDiscriminator(ds.x.shape[1], width)
+            D = models.MLPDiscriminator(ds.x.shape[1] * args.pack, width)
     objective = None
     if model in CONDITIONAL:
         from fastgan.objectives import Conditional
@@ -196,6 +200,8 @@ def _cmd_train(args) -> int:
     lr_g = args.lr_g or (lr if args.lr or model != "infogan" else 1e-3)
     lr_d = args.lr_d or lr
     batch = args.batch_size or (64 if image else 100)
+    if batch % args.pack:
+        raise CLIError(f"--batch-size ({batch}) must be a multiple of --pack ({args.pack})")
     loss = args.loss or ("wgan" if model == "progan" else "ns")
     betas = (0.0, 0.99) if model == "progan" else (0.5, 0.999)  # ProGAN's Adam, as the paper
     tr = _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas)
@@ -214,9 +220,9 @@ def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas=(0.5
     try:
         return GANTrainer(G, D, z_dim=z_dim, loss=loss, d_steps=1 if args.d_steps is None else args.d_steps,
                           lr_g=lr_g, lr_d=lr_d, betas=betas, r1_gamma=r1, r1_every=args.r1_every,
-                          gp_weight=0.0 if args.gp_weight is None else args.gp_weight,
+                          r2_gamma=args.r2_gamma or 0.0, gp_weight=0.0 if args.gp_weight is None else args.gp_weight,
                           ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
-                          compile=args.compile, objective=objective)
+                          compile=args.compile, objective=objective, pack=args.pack)
     except (ValueError, TypeError) as e:
         raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
 
@@ -613,7 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--sample-every", type=int, default=250, help="samples, metric and curves every K steps")
     pt.add_argument("--log-every", type=int, default=25)
     pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, 1 aae, off dcgan)")
-    pt.add_argument("--r1-every", type=int, default=1, help="lazy R1: every K steps, scaled by K")
+    pt.add_argument("--r2-gamma", type=float, default=None,
+                    help="R2 penalty weight: R1's zero-centred penalty on the fakes (default off; R3GAN: equal to R1's)")
+    pt.add_argument("--pack", type=int, default=1,
+                    help="PacGAN: D judges M samples at once, concatenated (dcgan, mlp; the batch size a multiple of M)")
+    pt.add_argument("--r1-every", type=int, default=1, help="lazy R1 and R2: every K steps, scaled by K")
     pt.add_argument("--gp-weight", type=float, default=None, help="WGAN-GP weight (0: off; default: off, stargan 10)")
     pt.add_argument("--identity", type=float, default=None,
                     help="translation models' identity loss: cyclegan, its weight relative to the cycle loss's "

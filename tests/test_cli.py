@@ -86,7 +86,13 @@ def test_resume_and_existing_out(tmp_path, capsys):
     (["train", "--data", "ring8", "--batch-size", "100000", "--steps", "1"], "'batch_size'"),
     (["train", "--data", "ring8", "--device", "cuda:99"], "--device"),
     (["train", "--data", "ring8", "--device", "tpu!"], "--device"),
-    (["train", "--data", "ring8", "--r1-gamma", "1", "--gp-weight", "1"], "one gradient penalty"),
+    (["train", "--data", "ring8", "--r1-gamma", "1", "--gp-weight", "1"], "or WGAN-GP ('gp_weight'), not both"),
+    (["train", "--data", "ring8", "--r2-gamma", "1", "--gp-weight", "1"], "or WGAN-GP ('gp_weight'), not both"),
+    (["train", "--data", "ring8", "--r2-gamma", "-1"], "argument 'r2_gamma' must be a non-negative number"),
+    (["train", "--model", "vae", "--r2-gamma", "1"], "the VAE objective does not apply R2; drop 'r2_gamma'"),
+    (["train", "--data", "ring8", "--pack", "0"], "--pack must be a positive integer, got 0"),
+    (["train", "--data", "ring8", "--pack", "3"], "--batch-size (100) must be a multiple of --pack (3)"),
+    (["train", "--model", "cdcgan", "--pack", "2"], "--pack applies to --model dcgan and mlp"),
     (["train", "--steps", "ten"], "argument --steps: invalid int value"),
     (["sample", "--checkpoint", "missing.pt"], "no such checkpoint"),
     (["sample"], "--checkpoint"),
@@ -123,6 +129,28 @@ def test_learning_rates_per_player(tmp_path, capsys):
         assert rc == 0, e
         cfg = json.load(open(os.path.join(out, "config.json")))["trainer"]
         assert (cfg["lr_g"], cfg["lr_d"]) == want, extra
+
+
+def test_r1_and_r2_together(tmp_path, capsys):
+    """--r2-gamma: R2 beside R1 (the R3GAN setting), both lazy with --r1-every, both logged."""
+    out = str(tmp_path / "run")
+    rc, o, e = run_cli(["train", *RING, "--steps", "4", "--out", out, "--quiet", "--r1-gamma", "0.5",
+                        "--r2-gamma", "0.5", "--r1-every", "2"], capsys)
+    assert rc == 0, e
+    cfg = json.load(open(os.path.join(out, "config.json")))["trainer"]
+    assert (cfg["r1_gamma"], cfg["r2_gamma"], cfg["r1_every"]) == (0.5, 0.5, 2)
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"d_loss"' in line]
+    assert rows and all("r1" in r and "r2" in r for r in rows) and any(r["r2"] > 0 for r in rows)
+
+
+def test_pack(tmp_path, capsys):
+    """--pack 2: D takes two samples side by side (twice the inputs), and training runs."""
+    for argv, key, want in ((RING, "in_dim", 4), (DIGITS, "channels", 2)):
+        out = str(tmp_path / f"run{key}")
+        rc, o, e = run_cli(["train", *argv, "--steps", "2", "--out", out, "--quiet", "--pack", "2"], capsys)
+        assert rc == 0, e
+        ck = torch.load(os.path.join(out, "checkpoints", "ckpt-00000002.pt"), weights_only=False)
+        assert ck["config"]["pack"] == 2 and ck["models"]["discriminator"][key] == want
 
 
 def test_corrupt_checkpoint_for_sample(tmp_path, capsys):

@@ -163,6 +163,8 @@ def test_without_a_pool_and_the_settings_it_refuses():
                      (dict(d_steps=2), "d_steps=2"), (dict(loss="rals"), "loss=rals")):
         with pytest.raises(ValueError, match=f"CycleGAN uses neither R1.*got {what}"):
             GANTrainer(Tiny(), Tiny(False), z_dim=1, objective=CycleGAN(Tiny(), Tiny(False)), **kw)
+    with pytest.raises(ValueError, match="GANTrainer: the CycleGAN objective does not apply R2; drop 'r2_gamma'"):
+        GANTrainer(Tiny(), Tiny(False), z_dim=1, objective=CycleGAN(Tiny(), Tiny(False)), r2_gamma=1.0)
 
 
 def test_exact_resume_with_the_pools_the_decay_and_ema(tmp_path):

@@ -204,8 +204,12 @@ def _nets():
     (dict(lr_d="1e-3"), ValueError, "GANTrainer: argument 'lr_d' must be a positive number, got '1e-3'"),
     (dict(r1_gamma=-1.0), ValueError, "GANTrainer: argument 'r1_gamma' must be a non-negative number, got -1.0"),
     (dict(gp_weight=-1), ValueError, "GANTrainer: argument 'gp_weight' must be a non-negative number, got -1"),
+    (dict(pack=0), ValueError, "GANTrainer: argument 'pack' must be a positive number, got 0"),
+    (dict(r2_gamma=-0.5), ValueError, "GANTrainer: argument 'r2_gamma' must be a non-negative number, got -0.5"),
     (dict(r1_gamma=1.0, gp_weight=10.0), ValueError,
-     "GANTrainer: use one gradient penalty: 'r1_gamma' or 'gp_weight', not both"),
+     "GANTrainer: use zero-centred penalties ('r1_gamma', 'r2_gamma') or WGAN-GP ('gp_weight'), not both"),
+    (dict(r2_gamma=1.0, gp_weight=10.0), ValueError,
+     "GANTrainer: use zero-centred penalties ('r1_gamma', 'r2_gamma') or WGAN-GP ('gp_weight'), not both"),
     (dict(ema_decay=1.0), ValueError, "GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got 1.0"),
     (dict(ema_decay=-0.1), ValueError, "GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got -0.1"),
     (dict(ema_decay="0.9"), ValueError, "GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got '0.9'"),
@@ -258,10 +262,12 @@ def test_trainer_defaults():
     assert t.ema is None and t.amp is None and t.amp_dtype is None and t.scaler_g is None and t.scaler_d is None
     assert t.device == torch.device("cpu") and t.channels_last is False and t.world == 1 and t.rank == 0
     assert t.is_main is True and t.step == 0 and t.history == [] and t.interrupted is None
+    assert t.r2_gamma == 0.0
     assert t.config == dict(z_dim=2, loss="ns", d_steps=1, lr_g=2e-4, lr_d=2e-4, betas=[0.5, 0.999], r1_gamma=0.0,
-                            r1_every=1, gp_weight=0.0, ema_decay=None, amp=None, seed=0, compile=False)
+                            r1_every=1, r2_gamma=0.0, gp_weight=0.0, ema_decay=None, amp=None, seed=0, compile=False,
+                            pack=1)
     assert int(t._bad) == -1 and t._bad.dtype == torch.long and t._count == 0
-    assert t._sums.shape == (6,) and not t._sums.any()
+    assert t._sums.shape == (7,) and not t._sums.any()
     want = torch.randn(64, 2, generator=torch.Generator().manual_seed(1_000_003))
     torch.testing.assert_close(t.fixed_z, want, rtol=0, atol=0)
     assert t._G is g and t._D is d
@@ -270,13 +276,15 @@ def test_trainer_defaults():
 def test_trainer_options_are_kept():
     g, d = _nets()
     t = GANTrainer(g, d, z_dim=2, loss="hinge", d_steps=2, lr_g=1e-3, lr_d=3e-3, betas=(0.0, 0.99), r1_gamma=2,
-                   r1_every=4, ema_decay=0.5, amp="fp16", seed=5, keep_checkpoints=7, channels_last=True)
+                   r1_every=4, r2_gamma=3, pack=2, ema_decay=0.5, amp="fp16", seed=5, keep_checkpoints=7, channels_last=True)
     assert t.opt_g.param_groups[0]["lr"] == 1e-3 and t.opt_d.param_groups[0]["lr"] == 3e-3
     assert t.opt_g.param_groups[0]["betas"] == (0.0, 0.99) and t.opt_d.param_groups[0]["betas"] == (0.0, 0.99)
     assert isinstance(t.r1_gamma, float) and t.r1_gamma == 2.0 and t.r1_every == 4 and t.keep == 7
+    assert isinstance(t.r2_gamma, float) and t.r2_gamma == 3.0 and t.pack == 2
     assert t.seed == 5 and t.ema_decay == 0.5 and t.amp_dtype == torch.float16 and t.channels_last is True
     assert t.config == dict(z_dim=2, loss="hinge", d_steps=2, lr_g=1e-3, lr_d=3e-3, betas=[0.0, 0.99], r1_gamma=2,
-                            r1_every=4, gp_weight=0.0, ema_decay=0.5, amp="fp16", seed=5, compile=False)
+                            r1_every=4, r2_gamma=3, gp_weight=0.0, ema_decay=0.5, amp="fp16", seed=5, compile=False,
+                            pack=2)
     assert isinstance(t.scaler_g, torch.amp.GradScaler) and isinstance(t.scaler_d, torch.amp.GradScaler)
     assert t.scaler_g is not t.scaler_d
     assert t.ema is not g and not t.ema.training and not any(p.requires_grad for p in t.ema.parameters())
@@ -957,6 +965,29 @@ def test_index_stream_of_a_dataset_and_its_pairs():
             raise AssertionError("indexed through .x")
 
     assert tdata.make_batches(WithX(), 2, device=CPU).source is WithX.x
+
+
+def test_pack_checks():
+    """pack: refused by objectives whose D judges samples one by one; batches must hold whole packs;
+    packing keeps channels_last and groups consecutive samples."""
+    from fastgan.objectives import Conditional
+    from fastgan.objectives.gan import pack_samples
+    g, d = nn.Linear(2, 3), nn.Linear(6, 1)
+    with pytest.raises(ValueError, match=re.escape("GANTrainer: the Conditional objective does not pack samples; "
+                                                   "drop 'pack'")):
+        GANTrainer(g, d, z_dim=2, pack=2, objective=Conditional(3), device="cpu")
+    t = GANTrainer(g, d, z_dim=2, pack=2, device="cpu")
+    with pytest.raises(ValueError, match=re.escape("GANTrainer.fit: argument 'batch_size' (3) must be a multiple "
+                                                   "of pack (2)")):
+        t.fit(torch.randn(8, 3), 1, 3, progress=False)
+    loader = DataLoader(TensorDataset(torch.randn(5, 3)), batch_size=5)  # a loader's batch size is its own
+    with pytest.raises(ValueError, match="pack=2 needs batches whose size is a multiple of 2, got a batch of 5"):
+        t.fit(loader, 1, 4, progress=False)
+    x = torch.randn(6, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    y = pack_samples(x, 3)
+    assert y.shape == (2, 9, 4, 5) and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y[1, 3:6], x[4], rtol=0, atol=0)
+    assert pack_samples(x, 1) is x
 
 
 def test_stream_layouts():

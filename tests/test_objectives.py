@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fastgan import models
+from fastgan import models, ops
 from fastgan.nn import ClassBatchNormAct2d
 from fastgan.data import GANDataset, load_dataset
 from fastgan.objectives import GAN, Conditional, Objective
@@ -593,6 +593,27 @@ def test_infogan_players_updates_and_resume(tmp_path):
         torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=0, atol=0)
     ck = torch.load(tmp_path / "checkpoints" / "ckpt-00000004.pt", weights_only=False)
     assert set(ck["nets"]) == {"q"} and ck["config"]["objective"] == "infogan" and ck["config"]["categories"] == 4
+
+
+def test_infogan_applies_r2_to_its_fakes(monkeypatch):
+    """r2_gamma: InfoGAN's D update adds R2 at the step's detached fakes (logged, and D moves
+    otherwise than without it); the generator's graph gets nothing from it."""
+    ds = load_dataset("digits", 16)
+    seen = []
+    real_r2 = ops.r2_penalty
+
+    def spy(logits, x, gamma=1.0):
+        seen.append((x.is_leaf, x.requires_grad, x.shape, gamma))
+        return real_r2(logits, x, gamma)
+    monkeypatch.setattr(ops, "r2_penalty", spy)
+    runs = {}
+    for r2 in (0.0, 5.0):
+        G, D, obj = _tiny_infogan()
+        t = GANTrainer(G, D, z_dim=14, objective=obj, r2_gamma=r2, device="cpu")
+        runs[r2] = (t.fit(ds, 1, 16, progress=False, log_every=1)[-1], D)
+    assert seen == [(True, True, (16, 1, 16, 16), 5.0)]
+    assert "r2" not in runs[0.0][0] and runs[5.0][0]["r2"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(runs[0.0][1].parameters(), runs[5.0][1].parameters()))
 
 
 def test_infogan_g_step_leaves_d_and_q_alone(monkeypatch):

@@ -153,6 +153,8 @@ def test_targets_decay_and_the_settings_it_refuses():
                     (dict(loss="rals"), "got loss=rals")):
         with pytest.raises(ValueError, match=msg):
             GANTrainer(TinyG(), TinyD(), z_dim=1, objective=StarGAN(), **kw)
+    with pytest.raises(ValueError, match="the StarGAN objective does not apply R2"):
+        GANTrainer(TinyG(), TinyD(), z_dim=1, objective=StarGAN(), r2_gamma=1.0, gp_weight=0.0)
     with pytest.raises(ValueError, match="must say how many domains"):
         GANTrainer(nn.Linear(1, 1), TinyD(), z_dim=1, objective=StarGAN())
     with pytest.raises(ValueError, match="translates between 2 domains; argument 'data' has 3"):

@@ -41,13 +41,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks (conftest.on
 
 
 # ---- the networks ------------------------------------------------------------------------------
-def make_nets(d_kind="linear", seed=3):
+def make_nets(d_kind="linear", seed=3, pack=1):
     torch.manual_seed(seed)
     g = nn.Linear(Z, X).to(DT)
     if d_kind == "linear":
-        d = nn.Linear(X, 1).to(DT)
+        d = nn.Linear(X * pack, 1).to(DT)
     else:
-        d = nn.Sequential(nn.Linear(X, 4), nn.Tanh(), nn.Linear(4, 1)).to(DT)
+        d = nn.Sequential(nn.Linear(X * pack, 4), nn.Tanh(), nn.Linear(4, 1)).to(DT)
     return g, d
 
 
@@ -127,10 +127,15 @@ def leaves(ts):
 
 
 def oracle(g0, d0, reals, zs, steps, *, kind="ns", d_steps=1, opt_g=None, opt_d=None, r1_gamma=0.0,
-           r1_every=1, gp_weight=0.0, eps=None, ema_decay=None, skip_d=(), frozen_d=()):
+           r1_every=1, r2_gamma=0.0, gp_weight=0.0, eps=None, ema_decay=None, skip_d=(), frozen_d=(), pack=1):
     """The parameters (G, D, EMA) after each of `steps` steps. reals[i] / zs[i] / eps[i]: the
     real batch, noise and GP coefficients of the i-th D update; skip_d: (step, D update) pairs whose
-    update a GradScaler skips; frozen_d: indices of D parameters that must never move."""
+    update a GradScaler skips; frozen_d: indices of D parameters that must never move. pack: D sees
+    rows of `pack` consecutive samples side by side (PacGAN), penalties and GP coefficients per row."""
+
+    def P(x):
+        return x.reshape(x.shape[0] // pack, pack * X)
+
     opt_g = opt_g or SGD(LR_G)
     opt_d = opt_d or SGD(LR_D)
     pg, pd = [t.detach().clone() for t in g0], [t.detach().clone() for t in d0]
@@ -141,14 +146,18 @@ def oracle(g0, d0, reals, zs, steps, *, kind="ns", d_steps=1, opt_g=None, opt_d=
             real, z = reals[j], zs[j]
             fake = g_fwd(pg, z).detach()           # a fresh fake batch for this D update
             p = leaves(pd)
-            loss = d_loss(kind, d_fwd(p, real), d_fwd(p, fake))
+            loss = d_loss(kind, d_fwd(p, P(real)), d_fwd(p, P(fake)))
             if r1_gamma > 0 and step % r1_every == 0:
-                x = real.clone().requires_grad_(True)
+                x = P(real).clone().requires_grad_(True)
                 (gx,) = torch.autograd.grad(d_fwd(p, x).sum(), x, create_graph=True)
                 loss = loss + r1_every * (r1_gamma / 2 * gx.pow(2).sum(1).mean())
+            if r2_gamma > 0 and step % r1_every == 0:  # R2: the same penalty at the fakes
+                x = P(fake).clone().requires_grad_(True)
+                (gx,) = torch.autograd.grad(d_fwd(p, x).sum(), x, create_graph=True)
+                loss = loss + r1_every * (r2_gamma / 2 * gx.pow(2).sum(1).mean())
             if gp_weight > 0:
                 e = eps[j][:, None]
-                xh = (e * real + (1 - e) * fake).requires_grad_(True)
+                xh = (e * P(real) + (1 - e) * P(fake)).requires_grad_(True)
                 (gx,) = torch.autograd.grad(d_fwd(p, xh).sum(), xh, create_graph=True)
                 loss = loss + gp_weight * ((gx.norm(dim=1) - 1) ** 2).mean()
             grads = list(torch.autograd.grad(loss, [q for k, q in enumerate(p) if k not in frozen_d]))
@@ -159,8 +168,8 @@ def oracle(g0, d0, reals, zs, steps, *, kind="ns", d_steps=1, opt_g=None, opt_d=
             j += 1
         # G update: the last D update's noise, through the updated D (D itself untouched)
         p = leaves(pg)
-        f = d_fwd(pd, g_fwd(p, zs[j - 1]))
-        r = d_fwd(pd, reals[j - 1]).detach()
+        f = d_fwd(pd, P(g_fwd(p, zs[j - 1])))
+        r = d_fwd(pd, P(reals[j - 1])).detach()
         grads = torch.autograd.grad(g_loss(kind, f, r), p)
         pg = [t.detach() for t in opt_g(pg, grads)]
         if ema_decay is not None:
@@ -197,7 +206,8 @@ class Rig:
         gen = torch.Generator().manual_seed(11)
         self.reals = [torch.randn(N, X, generator=gen, dtype=DT) for _ in range(n_updates)]
         self.zs = [torch.randn(N, Z, generator=gen, dtype=DT) for _ in range(n_updates)]
-        self.eps = [torch.rand(N, generator=gen, dtype=DT) for _ in range(n_updates)]
+        self.pack = kw.get("pack", 1)
+        self.eps = [torch.rand(N // self.pack, generator=gen, dtype=DT) for _ in range(n_updates)]
         if sgd:
             kw.setdefault("g_optimizer", lambda ps: torch.optim.SGD(ps, lr=LR_G))
             kw.setdefault("d_optimizer", lambda ps: torch.optim.SGD(ps, lr=LR_D))
@@ -215,7 +225,7 @@ class Rig:
     def _rand(self, *size, dtype=None, device=None, **kw):
         self.rand_calls.append(tuple(size))
         e = self.eps[len(self.rand_calls) - 1]
-        assert tuple(size) == (N,) and not kw
+        assert tuple(size) == (N // self.pack,) and not kw
         return e.to(dtype=dtype or e.dtype, device=device)
 
     def fit(self, steps):
@@ -232,9 +242,10 @@ class Rig:
 
 def run_and_check(monkeypatch, *, d_kind="linear", steps=3, d_steps=1, ema=False, sgd=True, opt=None, **kw):
     """fit 1 step, check; fit on to `steps`, check; the noise and data drawn as the oracle says."""
-    g, d = make_nets(d_kind)
+    g, d = make_nets(d_kind, pack=kw.get("pack", 1))
     rig = Rig(monkeypatch, g, d, n_updates=steps * d_steps, sgd=sgd, d_steps=d_steps, **kw)
-    okw = {k: v for k, v in kw.items() if k in ("loss", "r1_gamma", "r1_every", "gp_weight", "ema_decay")}
+    okw = {k: v for k, v in kw.items() if k in ("loss", "r1_gamma", "r1_every", "r2_gamma", "gp_weight",
+                                                      "ema_decay", "pack")}
     okw["kind"] = okw.pop("loss", "ns")
     want = oracle(rig.g0, rig.d0, rig.reals, rig.zs, steps, d_steps=d_steps, eps=rig.eps, **(opt or {}), **okw)
     hist = rig.fit(1)
@@ -271,6 +282,25 @@ def test_lazy_r1(r1_every, d_steps, monkeypatch):
     # the logged penalty is the unscaled R1 of the step's last D update, 0 where there is none
     assert [r["step"] for r in hist] == [1, 2, 3]
     assert [r["r1"] > 0 for r in hist] == [s % r1_every == 0 for s in range(3)]
+
+
+@pytest.mark.parametrize("loss", ["ns", "rals"])
+@pytest.mark.parametrize("r1_gamma,r2_gamma,r1_every", [(0.0, 0.9, 1), (0.7, 0.7, 2)])
+def test_r2_and_r1_with_r2(r1_gamma, r2_gamma, r1_every, loss, monkeypatch):
+    """R2 (R1's penalty at the fakes of each D update), alone and beside R1, lazy as R1."""
+    _, _, hist = run_and_check(monkeypatch, d_kind="mlp", d_steps=2, loss=loss, r1_gamma=r1_gamma,
+                               r2_gamma=r2_gamma, r1_every=r1_every)
+    assert [r["r2"] > 0 for r in hist] == [s % r1_every == 0 for s in range(3)]
+    assert ("r1" in hist[0]) == (r1_gamma > 0)
+
+
+@pytest.mark.parametrize("loss,penalty", [("ns", {}), ("rals", dict(r1_gamma=0.7, r2_gamma=0.4)),
+                                          ("hinge", dict(r1_gamma=0.5)), ("wgan", dict(gp_weight=10.0))])
+def test_pack(loss, penalty, monkeypatch):
+    """pack=2 (PacGAN): D judges pairs of consecutive samples side by side, reals and fakes, in
+    the D updates, their penalties and the G update; WGAN-GP draws one coefficient per pair."""
+    rig, _, _ = run_and_check(monkeypatch, d_kind="mlp", d_steps=2, loss=loss, pack=2, **penalty)
+    assert rig.rand_calls == ([(N // 2,)] * 6 if "gp_weight" in penalty else [])
 
 
 def test_lazy_r1_logged_value(monkeypatch):

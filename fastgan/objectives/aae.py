@@ -80,6 +80,7 @@ class AAE(GAN):
     (fastgan.models.ConvEncoder); the trainer's generator decodes, its discriminator judges codes."""
 
     stats = GAN.stats + ("recon",)
+    pack = False  # D judges codes one by one
 
     def __init__(self, encoder: nn.Module, prior: str = "gaussian"):
         if not isinstance(encoder, nn.Module):

@@ -15,7 +15,7 @@ scalars are logged. It reaches the trainer only through this small API:
     t.update(player, loss)   zero_grad, backward (scaled under fp16), optimiser step of `player`
     t.scale_lr(player, f) that player's learning rate: f times its initial one
     t.step, t.device, t.world and the game settings (t.loss, t.d_steps, t.r1_gamma, t.r1_every,
-    t.gp_weight)
+    t.r2_gamma, t.gp_weight)
 """
 import torch
 from torch import nn
@@ -31,6 +31,12 @@ class Objective:
     #: whether the data are unpaired domains (fastgan.data.DomainDataset; a batch is one tensor per
     #: domain), as translation models train on
     domains: bool = False
+    #: whether `step` applies R2 (the trainer's r2_gamma) to the fakes; the trainer refuses
+    #: r2_gamma > 0 otherwise
+    r2: bool = False
+    #: whether `step` packs samples for D (the trainer's pack, PacGAN); the trainer refuses pack > 1
+    #: otherwise
+    pack: bool = False
 
     def networks(self) -> dict:
         """Networks besides the generator and the discriminator (e.g. InfoGAN's Q head), by name.

@@ -17,6 +17,7 @@ class Conditional(GAN):
     """G(z, y) against D(x, y) on labelled data (batches are (x, y) pairs, y in [0, num_classes))."""
 
     labels = True
+    pack = False  # D judges (sample, label) pairs
 
     def __init__(self, num_classes: int):
         if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 2):

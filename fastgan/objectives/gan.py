@@ -1,11 +1,12 @@
 """The plain GAN game (Goodfellow et al. 2014): `d_steps` discriminator updates, each on a real
 batch and a fresh fake batch, then one generator update on the last fake batch with D frozen.
 
-    D:  min  d_loss(D(x), D(G(z)))  [+ gamma/2 E|grad_x D(x)|^2 (R1)  or  + WGAN-GP]
+    D:  min  d_loss(D(x), D(G(z)))  [+ gamma/2 E|grad_x D(x)|^2 (R1) + gamma2/2 E|grad D(G(z))|^2 (R2)
+                                     or  + WGAN-GP]
     G:  min  g_loss(D(G(z)))         (non-saturating -log D(G(z)) by default)
 
 The loss kind and the penalties are the trainer's settings (GANTrainer(loss=, d_steps=, r1_gamma=,
-r1_every=, gp_weight=)); every loss is fastgan's fused op (value and gradient in one pass)."""
+r2_gamma=, r1_every= (both lazy penalties), gp_weight=)); every loss is fastgan's fused op (value and gradient in one pass)."""
 import torch
 
 from .. import ops
@@ -17,13 +18,36 @@ def acc(t):
     return t if t.dtype == torch.float64 else t.float()
 
 
+def lazy_penalties(t):
+    """(R1 now, R2 now): each when its gamma is > 0, every r1_every steps (then scaled by r1_every,
+    the lazy regularisation of StyleGAN2)."""
+    due = t.step % t.r1_every == 0
+    return t.r1_gamma > 0 and due, t.r2_gamma > 0 and due
+
+
+def pack_samples(x, m: int):
+    """PacGAN's packing: (N, C, ...) -> (N / m, m * C, ...), each m consecutive samples concatenated
+    along dim 1 (channels of images, features of vectors); channels_last stays channels_last."""
+    if m == 1:
+        return x
+    n = x.shape[0]
+    if n % m:
+        raise ValueError(f"GANTrainer: pack={m} needs batches whose size is a multiple of {m}, got a batch of {n}")
+    y = x.reshape(n // m, m * x.shape[1], *x.shape[2:])
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
 class GAN(Objective):
     """G(z) against D(x): the objective GANTrainer uses when none is given."""
 
-    stats = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "gp")
+    stats = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "r2", "gp")
+    r2 = True
+    pack = True  # (the subclasses whose D takes labels or features per sample set it False)
 
     def logged(self, t):
-        drop = {"r1"} if t.r1_gamma == 0 else set()
+        drop = {name for name, v in (("r1", t.r1_gamma), ("r2", t.r2_gamma)) if v == 0}
         if t.gp_weight == 0:
             drop.add("gp")
         return tuple(s for s in self.stats if s not in drop)
@@ -61,34 +85,39 @@ class GAN(Objective):
     def step(self, t, batches):
         kind = t.loss
         zero = torch.zeros((), device=t.device)
-        r1 = gp = zero
+        r1 = r2 = gp = zero
         fake = real = cond = fcond = None
         for i in range(t.d_steps):
             real, cond = self.split(t, next(batches))
             n = real.shape[0]
             last = i == t.d_steps - 1
-            do_r1 = t.r1_gamma > 0 and t.step % t.r1_every == 0
+            do_r1, do_r2 = lazy_penalties(t)
             with t.autocast():
                 if last:  # kept with its graph for the generator update
                     fake, fcond = self.fake(t, n, cond)
                 else:
                     with torch.no_grad():
                         fake, fcond = self.fake(t, n, cond)
+                real = pack_samples(real, t.pack)  # D judges packs of t.pack samples (PacGAN)
                 if do_r1:
                     real = real.detach().requires_grad_(True)
+                fake_in = pack_samples(fake.detach(), t.pack).requires_grad_(do_r2)
                 real_logits = self.discriminate(t, real, cond)
-                fake_logits = self.discriminate(t, fake.detach(), fcond)
+                fake_logits = self.discriminate(t, fake_in, fcond)
             ld, st = ops.d_loss(acc(real_logits), acc(fake_logits), kind, return_stats=True)
             total = ld
             if do_r1:
                 r1 = ops.r1_penalty(acc(real_logits), real, gamma=t.r1_gamma)
                 total = total + r1 * t.r1_every
+            if do_r2:
+                r2 = ops.r2_penalty(acc(fake_logits), fake_in, gamma=t.r2_gamma)
+                total = total + r2 * t.r1_every
             extra = self.d_extra(t, acc(real_logits))
             if extra is not None:
                 total = total + extra
             if t.gp_weight > 0:
                 with t.autocast():
-                    gp = ops.gradient_penalty(self.critic(t, cond), real.detach(), fake.detach(),
+                    gp = ops.gradient_penalty(self.critic(t, cond), real.detach(), fake_in.detach(),
                                               weight=t.gp_weight)
                 gp = acc(gp)
                 total = total + gp
@@ -96,11 +125,12 @@ class GAN(Objective):
 
         with t.frozen("discriminator"):  # no weight gradients for D (under DDP: no all-reduce)
             with t.autocast():
-                fl = self.discriminate(t, fake, fcond)
+                fl = self.discriminate(t, pack_samples(fake, t.pack), fcond)
                 rl = None
                 if kind == "rals":  # the real logits of the updated D too, like the fake ones
                     with torch.no_grad():
                         rl = self.discriminate(t, real.detach(), cond)
             lg = ops.g_loss(acc(fl), kind, real_logits=None if rl is None else acc(rl))
             t.update("g", lg)
-        return {"d_loss": ld, "g_loss": lg, "d_real": st["d_real"], "d_fake": st["d_fake"], "r1": r1, "gp": gp}
+        return {"d_loss": ld, "g_loss": lg, "d_real": st["d_real"], "d_fake": st["d_fake"], "r1": r1, "r2": r2,
+                "gp": gp}

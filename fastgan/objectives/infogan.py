@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import ops
 from .base import class_rows
-from .gan import GAN, acc
+from .gan import GAN, acc, lazy_penalties
 
 
 def code_input(z, categories: int, continuous: int, cat=None):
@@ -70,6 +70,7 @@ class InfoGAN(GAN):
     whole input of G: noise + categories + continuous."""
 
     stats = GAN.stats + ("info", "q_acc")
+    pack = False  # Q reads D's features of each sample
 
     def __init__(self, q: QHead, lam: float = 1.0):
         if not isinstance(q, QHead):
@@ -117,26 +118,30 @@ class InfoGAN(GAN):
     def step(self, t, batches):
         kind, D = t.loss, t.net("discriminator")
         zero = torch.zeros((), device=t.device)
-        r1 = gp = zero
+        r1 = r2 = gp = zero
         for i in range(t.d_steps):
             real = next(batches)
             n = real.shape[0]
             last = i == t.d_steps - 1
-            do_r1 = t.r1_gamma > 0 and t.step % t.r1_every == 0
+            do_r1, do_r2 = lazy_penalties(t)
             gin, cat, cont = self.codes(t.noise(n))
             with t.autocast():
                 with torch.enable_grad() if last else torch.no_grad():
                     fake = t.net("generator")(gin)
                 if do_r1:
                     real = real.detach().requires_grad_(True)
+                fake_in = fake.detach().requires_grad_(do_r2)
                 real_logits = D(real)
-                fake_logits, h = D(fake.detach(), features=True)
+                fake_logits, h = D(fake_in, features=True)
             ld, st = ops.d_loss(acc(real_logits), acc(fake_logits), kind, return_stats=True)
             info, q_acc = self.info_loss(t, h, cat, cont)
             total = ld + self.lam * info
             if do_r1:
                 r1 = ops.r1_penalty(acc(real_logits), real, gamma=t.r1_gamma)
                 total = total + r1 * t.r1_every
+            if do_r2:
+                r2 = ops.r2_penalty(acc(fake_logits), fake_in, gamma=t.r2_gamma)
+                total = total + r2 * t.r1_every
             if t.gp_weight > 0:
                 with t.autocast():
                     gp = ops.gradient_penalty(D, real.detach(), fake.detach(), weight=t.gp_weight)
@@ -154,5 +159,5 @@ class InfoGAN(GAN):
             lg = ops.g_loss(acc(fl), kind, real_logits=None if rl is None else acc(rl))
             info_g, _ = self.info_loss(t, h, cat, cont)
             t.update("g", lg + self.lam * info_g)
-        return {"d_loss": ld, "g_loss": lg, "d_real": st["d_real"], "d_fake": st["d_fake"], "r1": r1, "gp": gp,
-                "info": info, "q_acc": q_acc}
+        return {"d_loss": ld, "g_loss": lg, "d_real": st["d_real"], "d_fake": st["d_fake"], "r1": r1, "r2": r2,
+                "gp": gp, "info": info, "q_acc": q_acc}

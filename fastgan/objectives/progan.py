@@ -24,6 +24,8 @@ class ProGAN(GAN):
     """The GAN objective on fastgan.models.ProGenerator / ProDiscriminator (or any pair with
     `levels`, `set_stage(level, alpha)` and `sync_stage()`); see the module docstring."""
 
+    pack = False  # the growing D takes the images' channels
+
     def __init__(self, phase: int, *, drift: float = 1e-3):
         if not (isinstance(phase, int) and not isinstance(phase, bool) and phase >= 1):
             raise ValueError(f"ProGAN: argument 'phase' must be a positive int (steps per fade-in or "

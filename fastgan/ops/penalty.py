@@ -1,4 +1,4 @@
-"""Gradient penalties: R1 and WGAN-GP, with the per-sample norm and the penalty reduction fused
+"""Gradient penalties: R1, R2 and WGAN-GP, with the per-sample norm and the penalty reduction fused
 into one op (`fastgan::grad_penalty`, csrc/gan_loss/penalty.h) that has its own backward.
 
 The D-parameter gradient of a penalty is a double backward: d penalty / d g (the fused op's
@@ -63,6 +63,21 @@ def r1_penalty(real_logits, real_inputs, gamma=1.0):
         raise ValueError(f"{fn}: argument 'real_inputs' must require grad (call "
                          "real_inputs.requires_grad_(True) before computing real_logits from it)")
     g = _input_grad(fn, real_logits, real_inputs, "real_inputs")
+    return grad_norm_penalty(g, gamma / 2)
+
+
+def r2_penalty(fake_logits, fake_inputs, gamma=1.0):
+    """R2: R1's zero-centred penalty on fake samples, gamma / 2 * mean ||d D(x) / d x||^2 at x = G(z)
+    (Mescheder et al. 2018; R3GAN applies R1 and R2 with equal gamma). fake_logits must have been
+    computed from fake_inputs (the fakes detached from G) after fake_inputs.requires_grad_(True)."""
+    fn = "fastgan.ops.r2_penalty"
+    check_tensor(fn, "fake_logits", fake_logits)
+    check_tensor(fn, "fake_inputs", fake_inputs)
+    _check_number(fn, "gamma", gamma)
+    if not fake_inputs.requires_grad:
+        raise ValueError(f"{fn}: argument 'fake_inputs' must require grad (call "
+                         "fake_inputs = fake.detach().requires_grad_(True) before computing fake_logits from it)")
+    g = _input_grad(fn, fake_logits, fake_inputs, "fake_inputs")
     return grad_norm_penalty(g, gamma / 2)
 
 

@@ -110,6 +110,11 @@ def r1_penalty(real_logits, real_inputs, gamma=1.0):
     return gamma / 2 * g.pow(2).flatten(1).sum(1).mean()
 
 
+def r2_penalty(fake_logits, fake_inputs, gamma=1.0):
+    """Reference for fastgan.ops.r2_penalty: R1's formula at the fakes."""
+    return r1_penalty(fake_logits, fake_inputs, gamma)
+
+
 def gradient_penalty(discriminator, real, fake, weight=10.0, *, eps=None, center=1.0):
     """Reference for fastgan.ops.gradient_penalty (WGAN-GP): weight * mean_i (||grad D(x_hat_i)|| - center)^2."""
     n = real.shape[0]

@@ -40,11 +40,14 @@ class GANTrainer:
     """Trains `generator` (z (N, z_dim) -> sample) against `discriminator` (sample -> logits).
 
     What one step does is the `objective`'s (fastgan.objectives; the plain GAN by default): with
-    it, `d_steps` discriminator updates, each on a real batch and a fresh fake batch (+ R1 every
-    `r1_every` steps when `r1_gamma` > 0, or + WGAN-GP when `gp_weight` > 0), then one generator
-    update on the last fake batch (the discriminator frozen). `loss` is one of ns, minimax, hinge,
-    wgan, lsgan, rals (fastgan.ops.d_loss / g_loss). Networks an objective adds (InfoGAN's Q head,
-    an encoder) are placed, wrapped, optimised, saved and restored like G and D.
+    it, `d_steps` discriminator updates, each on a real batch and a fresh fake batch (+ R1 on the
+    reals when `r1_gamma` > 0 and R2 on the fakes when `r2_gamma` > 0, both every `r1_every` steps,
+    or + WGAN-GP when `gp_weight` > 0), then one generator update on the last fake batch (the
+    discriminator frozen). `loss` is one of ns, minimax, hinge, wgan, lsgan, rals
+    (fastgan.ops.d_loss / g_loss). pack=m (PacGAN): D judges m samples at once, concatenated along
+    channels (images) or features (vectors), reals and fakes alike, so D takes m times the samples'
+    channels; its logits, losses and penalties are per pack. Networks an objective adds (InfoGAN's Q
+    head, an encoder) are placed, wrapped, optimised, saved and restored like G and D.
 
     Optimisers: Adam(lr, betas) by default; `g_optimizer` / `d_optimizer` may be an optimizer over
     the model's parameters or a callable `params -> optimizer`.
@@ -59,8 +62,9 @@ class GANTrainer:
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *, z_dim: int, loss: str = "ns",
                  d_steps: int = 1, lr_g: float = 2e-4, lr_d: float = 2e-4, betas=(0.5, 0.999),
                  g_optimizer=None, d_optimizer=None, r1_gamma: float = 0.0, r1_every: int = 1,
-                 gp_weight: float = 0.0, ema_decay=None, amp=None, device=None, seed: int = 0,
-                 compile: bool = False, channels_last=None, keep_checkpoints: int = 3, objective=None):
+                 r2_gamma: float = 0.0, gp_weight: float = 0.0, ema_decay=None, amp=None, device=None,
+                 seed: int = 0, compile: bool = False, channels_last=None, keep_checkpoints: int = 3, objective=None,
+                 pack: int = 1):
         from ..objectives import GAN, Objective
         if objective is None:
             objective = GAN()
@@ -79,22 +83,32 @@ class GANTrainer:
         _check_pos("d_steps", d_steps)
         _check_pos("r1_every", r1_every)
         _check_pos("keep_checkpoints", keep_checkpoints)
+        _check_pos("pack", pack)
+        if pack > 1 and not objective.pack:
+            raise ValueError(f"GANTrainer: the {type(objective).__name__} objective does not pack samples; drop 'pack'")
         _check_pos("lr_g", lr_g, kind=(int, float))
         _check_pos("lr_d", lr_d, kind=(int, float))
         _check_pos("r1_gamma", r1_gamma, allow_zero=True, kind=(int, float))
+        _check_pos("r2_gamma", r2_gamma, allow_zero=True, kind=(int, float))
         _check_pos("gp_weight", gp_weight, allow_zero=True, kind=(int, float))
-        if r1_gamma > 0 and gp_weight > 0:
-            raise ValueError("GANTrainer: use one gradient penalty: 'r1_gamma' or 'gp_weight', not both")
+        if (r1_gamma > 0 or r2_gamma > 0) and gp_weight > 0:
+            raise ValueError("GANTrainer: use zero-centred penalties ('r1_gamma', 'r2_gamma') or WGAN-GP "
+                             "('gp_weight'), not both")
+        if r2_gamma > 0 and not objective.r2:
+            raise ValueError(f"GANTrainer: the {type(objective).__name__} objective does not apply R2; drop 'r2_gamma'")
         if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0 <= ema_decay < 1):
             raise ValueError(f"GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got {ema_decay!r}")
         if amp not in (None, "bf16", "fp16"):
             raise ValueError(f"GANTrainer: argument 'amp' must be None, 'bf16' or 'fp16'; got {amp!r}")
         self.z_dim, self.loss, self.d_steps = z_dim, loss, d_steps
         self.r1_gamma, self.r1_every, self.gp_weight = float(r1_gamma), r1_every, float(gp_weight)
+        self.r2_gamma, self.pack = float(r2_gamma), pack
         self.ema_decay, self.amp, self.seed, self.keep = ema_decay, amp, seed, keep_checkpoints
         self.config = dict(z_dim=z_dim, loss=loss, d_steps=d_steps, lr_g=lr_g, lr_d=lr_d, betas=list(betas),
-                           r1_gamma=r1_gamma, r1_every=r1_every, gp_weight=gp_weight, ema_decay=ema_decay,
-                           amp=amp, seed=seed, compile=compile, **objective.config())
+                           r1_gamma=r1_gamma, r1_every=r1_every, r2_gamma=r2_gamma, gp_weight=gp_weight,
+                           ema_decay=ema_decay,
+                           amp=amp, seed=seed, compile=compile, pack=pack,
+                           **objective.config())
 
         # ---- processes and device
         self.world, self.rank, self.local_rank = 1, 0, 0
@@ -305,6 +319,9 @@ class GANTrainer:
         """
         _check_pos("steps", steps, allow_zero=True)
         _check_pos("batch_size", batch_size)
+        if batch_size % self.pack:
+            raise ValueError(f"GANTrainer.fit: argument 'batch_size' ({batch_size}) must be a multiple of pack "
+                             f"({self.pack})")
         for name, v in (("log_every", log_every), ("sample_every", sample_every),
                         ("checkpoint_every", checkpoint_every)):
             _check_pos(name, v)
