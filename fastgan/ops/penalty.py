@@ -51,34 +51,32 @@ def _input_grad(fn, outputs, inputs, name):
     return g
 
 
+def _zero_centred(side, logits, inputs, gamma, how):
+    """gamma / 2 * mean ||d logits / d inputs||^2 with `side`'s argument names (R1: real, R2: fake)."""
+    fn = f"fastgan.ops.{'r1' if side == 'real' else 'r2'}_penalty"
+    check_tensor(fn, f"{side}_logits", logits)
+    check_tensor(fn, f"{side}_inputs", inputs)
+    _check_number(fn, "gamma", gamma)
+    if not inputs.requires_grad:
+        raise ValueError(f"{fn}: argument '{side}_inputs' must require grad (call {how} before computing "
+                         f"{side}_logits from it)")
+    g = _input_grad(fn, logits, inputs, f"{side}_inputs")
+    return grad_norm_penalty(g, gamma / 2)
+
+
 def r1_penalty(real_logits, real_inputs, gamma=1.0):
     """R1: gamma / 2 * mean over the batch of ||d D(x) / d x||^2 (per-sample squared norm over all
     non-batch dims), differentiable w.r.t. the discriminator's parameters. real_logits must have
     been computed from real_inputs with real_inputs.requires_grad_(True)."""
-    fn = "fastgan.ops.r1_penalty"
-    check_tensor(fn, "real_logits", real_logits)
-    check_tensor(fn, "real_inputs", real_inputs)
-    _check_number(fn, "gamma", gamma)
-    if not real_inputs.requires_grad:
-        raise ValueError(f"{fn}: argument 'real_inputs' must require grad (call "
-                         "real_inputs.requires_grad_(True) before computing real_logits from it)")
-    g = _input_grad(fn, real_logits, real_inputs, "real_inputs")
-    return grad_norm_penalty(g, gamma / 2)
+    return _zero_centred("real", real_logits, real_inputs, gamma, "real_inputs.requires_grad_(True)")
 
 
 def r2_penalty(fake_logits, fake_inputs, gamma=1.0):
     """R2: R1's zero-centred penalty on fake samples, gamma / 2 * mean ||d D(x) / d x||^2 at x = G(z)
     (Mescheder et al. 2018; R3GAN applies R1 and R2 with equal gamma). fake_logits must have been
     computed from fake_inputs (the fakes detached from G) after fake_inputs.requires_grad_(True)."""
-    fn = "fastgan.ops.r2_penalty"
-    check_tensor(fn, "fake_logits", fake_logits)
-    check_tensor(fn, "fake_inputs", fake_inputs)
-    _check_number(fn, "gamma", gamma)
-    if not fake_inputs.requires_grad:
-        raise ValueError(f"{fn}: argument 'fake_inputs' must require grad (call "
-                         "fake_inputs = fake.detach().requires_grad_(True) before computing fake_logits from it)")
-    g = _input_grad(fn, fake_logits, fake_inputs, "fake_inputs")
-    return grad_norm_penalty(g, gamma / 2)
+    return _zero_centred("fake", fake_logits, fake_inputs, gamma,
+                         "fake_inputs = fake.detach().requires_grad_(True)")
 
 
 def gradient_penalty(discriminator, real, fake, weight=10.0, *, eps=None, center=1.0):
