@@ -224,7 +224,8 @@ def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas=(0.5
                           ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
                           compile=args.compile, objective=objective, pack=args.pack)
     except (ValueError, TypeError) as e:
-        raise CLIError(str(e).replace("GANTrainer: argument ", "argument ")) from None
+        msg = str(e).replace("GANTrainer: argument ", "argument ")
+        raise CLIError(msg.replace("drop 'r2_gamma'", "drop --r2-gamma").replace("drop 'pack'", "drop --pack")) from None
 
 
 def _train_translation(args, ds) -> int:

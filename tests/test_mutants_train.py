@@ -417,7 +417,7 @@ def test_non_finite_messages(tmp_path):
     t._ckpt_dir = None
     t._bad.fill_(7)
     msg = ("non-finite loss (NaN or inf) at step 7: training stopped; nothing was saved. Lower the learning rates, "
-           "add a gradient penalty (r1_gamma / gp_weight), or use amp='fp16' whose scaler skips such steps.")
+           "add a gradient penalty (r1_gamma, r2_gamma / gp_weight), or use amp='fp16' whose scaler skips such steps.")
     with pytest.raises(trainer_mod.NonFiniteLossError, match="^" + re.escape(msg) + "$"):
         t._check_finite()
     d = tmp_path / "checkpoints"
@@ -980,14 +980,25 @@ def test_pack_checks():
     with pytest.raises(ValueError, match=re.escape("GANTrainer.fit: argument 'batch_size' (3) must be a multiple "
                                                    "of pack (2)")):
         t.fit(torch.randn(8, 3), 1, 3, progress=False)
-    loader = DataLoader(TensorDataset(torch.randn(5, 3)), batch_size=5)  # a loader's batch size is its own
+    # a DataLoader's own batch size and its last batch count, not the batch_size argument
+    with pytest.raises(ValueError, match=re.escape("argument 'data' is a DataLoader with batch_size 5, not a "
+                                                   "multiple of pack (2)")):
+        t.fit(DataLoader(TensorDataset(torch.randn(10, 3)), batch_size=5), 1, 4, progress=False)
+    with pytest.raises(ValueError, match=re.escape("argument 'data' is a DataLoader whose last batch holds 3 "
+                                                   "samples, not a multiple of pack (2); pass drop_last=True")):
+        t.fit(DataLoader(TensorDataset(torch.randn(7, 3)), batch_size=4), 1, 4, progress=False)
+    t.fit(DataLoader(TensorDataset(torch.randn(7, 3)), batch_size=4, drop_last=True), 3, 3, progress=False)
+    t.fit(DataLoader(TensorDataset(torch.randn(6, 3)), batch_size=4), 6, 3, progress=False)  # last batch: 2
+    assert t.step == 6
+    one = DataLoader(TensorDataset(torch.randn(5, 3)), batch_sampler=[[0, 1, 2, 3, 4]])  # checked when packed
     with pytest.raises(ValueError, match="pack=2 needs batches whose size is a multiple of 2, got a batch of 5"):
-        t.fit(loader, 1, 4, progress=False)
-    x = torch.randn(6, 3, 4, 5).contiguous(memory_format=torch.channels_last)
-    y = pack_samples(x, 3)
-    assert y.shape == (2, 9, 4, 5) and y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y[1, 3:6], x[4], rtol=0, atol=0)
-    assert pack_samples(x, 1) is x
+        t.fit(one, 7, 4, progress=False)
+    for c in (3, 1):  # a 1-channel channels_last batch is also contiguous: the layout comes from the trainer
+        x = torch.randn(6, c, 4, 5).contiguous(memory_format=torch.channels_last)
+        y = pack_samples(x, 3, channels_last=True)
+        assert y.shape == (2, 3 * c, 4, 5) and y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y[1, c:2 * c], x[4], rtol=0, atol=0)
+        assert pack_samples(x, 3).is_contiguous() and pack_samples(x, 1) is x
 
 
 def test_stream_layouts():
@@ -1077,8 +1088,8 @@ def test_agree_stop_takes_the_largest_signal_of_all_processes(monkeypatch):
 def test_log_averages_over_processes(monkeypatch):
     t = GANTrainer(*_nets(), z_dim=2)
     t.world, t._count, t._ckpt_dir = 2, 2, None
-    t._sums = torch.tensor([2.0, 4.0, 1.0, 0.5, 0.0, 0.0])
-    fake = _FakeDist(others=[torch.tensor([4.0, 0.0, 0.2, 0.4, 0.0, 0.0])])
+    t._sums = torch.tensor([2.0, 4.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    fake = _FakeDist(others=[torch.tensor([4.0, 0.0, 0.2, 0.4, 0.0, 0.0, 0.0])])
     monkeypatch.setattr(trainer_mod, "dist", fake)
     t.step = 6
     rec = t._log(3, trainer_mod.time.perf_counter() - 2.0, 4)

@@ -15,7 +15,7 @@ scalars are logged. It reaches the trainer only through this small API:
     t.update(player, loss)   zero_grad, backward (scaled under fp16), optimiser step of `player`
     t.scale_lr(player, f) that player's learning rate: f times its initial one
     t.step, t.device, t.world and the game settings (t.loss, t.d_steps, t.r1_gamma, t.r1_every,
-    t.r2_gamma, t.gp_weight)
+    t.r2_gamma, t.gp_weight, t.pack)
 """
 import torch
 from torch import nn

@@ -25,26 +25,28 @@ def lazy_penalties(t):
     return t.r1_gamma > 0 and due, t.r2_gamma > 0 and due
 
 
-def pack_samples(x, m: int):
+def pack_samples(x, m: int, channels_last: bool = False):
     """PacGAN's packing: (N, C, ...) -> (N / m, m * C, ...), each m consecutive samples concatenated
-    along dim 1 (channels of images, features of vectors); channels_last stays channels_last."""
+    along dim 1 (channels of images, features of vectors); images come out channels_last when
+    `channels_last` (the trainer's layout), else contiguous."""
     if m == 1:
         return x
     n = x.shape[0]
     if n % m:
         raise ValueError(f"GANTrainer: pack={m} needs batches whose size is a multiple of {m}, got a batch of {n}")
     y = x.reshape(n // m, m * x.shape[1], *x.shape[2:])
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        y = y.contiguous(memory_format=torch.channels_last)
-    return y
+    return y.contiguous(memory_format=torch.channels_last) if channels_last and y.dim() == 4 else y
 
 
 class GAN(Objective):
     """G(z) against D(x): the objective GANTrainer uses when none is given."""
 
     stats = ("d_loss", "g_loss", "d_real", "d_fake", "r1", "r2", "gp")
+    # R2 and packing happen in `step` below: a subclass whose own step lacks them, or whose D judges
+    # each sample with a label or per-sample features, sets these False (the trainer then refuses
+    # r2_gamma / pack)
     r2 = True
-    pack = True  # (the subclasses whose D takes labels or features per sample set it False)
+    pack = True
 
     def logged(self, t):
         drop = {name for name, v in (("r1", t.r1_gamma), ("r2", t.r2_gamma)) if v == 0}
@@ -98,10 +100,10 @@ class GAN(Objective):
                 else:
                     with torch.no_grad():
                         fake, fcond = self.fake(t, n, cond)
-                real = pack_samples(real, t.pack)  # D judges packs of t.pack samples (PacGAN)
+                real = pack_samples(real, t.pack, t.channels_last)  # D judges packs of t.pack samples
                 if do_r1:
                     real = real.detach().requires_grad_(True)
-                fake_in = pack_samples(fake.detach(), t.pack).requires_grad_(do_r2)
+                fake_in = pack_samples(fake.detach(), t.pack, t.channels_last).requires_grad_(do_r2)
                 real_logits = self.discriminate(t, real, cond)
                 fake_logits = self.discriminate(t, fake_in, fcond)
             ld, st = ops.d_loss(acc(real_logits), acc(fake_logits), kind, return_stats=True)
@@ -125,7 +127,7 @@ class GAN(Objective):
 
         with t.frozen("discriminator"):  # no weight gradients for D (under DDP: no all-reduce)
             with t.autocast():
-                fl = self.discriminate(t, pack_samples(fake, t.pack), fcond)
+                fl = self.discriminate(t, pack_samples(fake, t.pack, t.channels_last), fcond)
                 rl = None
                 if kind == "rals":  # the real logits of the updated D too, like the fake ones
                     with torch.no_grad():

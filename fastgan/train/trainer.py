@@ -91,11 +91,11 @@ class GANTrainer:
         _check_pos("r1_gamma", r1_gamma, allow_zero=True, kind=(int, float))
         _check_pos("r2_gamma", r2_gamma, allow_zero=True, kind=(int, float))
         _check_pos("gp_weight", gp_weight, allow_zero=True, kind=(int, float))
+        if r2_gamma > 0 and not objective.r2:
+            raise ValueError(f"GANTrainer: the {type(objective).__name__} objective does not apply R2; drop 'r2_gamma'")
         if (r1_gamma > 0 or r2_gamma > 0) and gp_weight > 0:
             raise ValueError("GANTrainer: use zero-centred penalties ('r1_gamma', 'r2_gamma') or WGAN-GP "
                              "('gp_weight'), not both")
-        if r2_gamma > 0 and not objective.r2:
-            raise ValueError(f"GANTrainer: the {type(objective).__name__} objective does not apply R2; drop 'r2_gamma'")
         if ema_decay is not None and not (isinstance(ema_decay, (int, float)) and 0 <= ema_decay < 1):
             raise ValueError(f"GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got {ema_decay!r}")
         if amp not in (None, "bf16", "fp16"):
@@ -301,8 +301,32 @@ class GANTrainer:
             where = f"; the last good checkpoint, {last}, is untouched" if last else "; nothing was saved"
             raise NonFiniteLossError(
                 f"non-finite loss (NaN or inf) at step {bad}: training stopped{where}. Lower the learning "
-                "rates, add a gradient penalty (r1_gamma / gp_weight), or use amp='fp16' whose scaler skips "
+                "rates, add a gradient penalty (r1_gamma, r2_gamma / gp_weight), or use amp='fp16' whose scaler skips "
                 "such steps.")
+
+    def _check_packs(self, data, batch_size):
+        """pack > 1: every batch must hold whole packs (a DataLoader's own batch size and last batch)."""
+        m = self.pack
+        if m == 1:
+            return
+        if not isinstance(data, torch.utils.data.DataLoader):
+            if batch_size % m:
+                raise ValueError(f"GANTrainer.fit: argument 'batch_size' ({batch_size}) must be a multiple of pack "
+                                 f"({m})")
+            return
+        bs = data.batch_size
+        if bs is None:  # a batch_sampler: each batch is checked when packed
+            return
+        if bs % m:
+            raise ValueError(f"GANTrainer.fit: argument 'data' is a DataLoader with batch_size {bs}, not a multiple "
+                             f"of pack ({m})")
+        try:
+            last = 0 if data.drop_last else len(data.dataset) % bs
+        except TypeError:  # an iterable dataset without a length
+            last = 0
+        if last % m:
+            raise ValueError(f"GANTrainer.fit: argument 'data' is a DataLoader whose last batch holds {last} samples, "
+                             f"not a multiple of pack ({m}); pass drop_last=True")
 
     # ------------------------------------------------------------------------------------------
     def fit(self, data, steps: int, batch_size: int = 64, *, out_dir=None, log_every: int = 50,
@@ -319,9 +343,7 @@ class GANTrainer:
         """
         _check_pos("steps", steps, allow_zero=True)
         _check_pos("batch_size", batch_size)
-        if batch_size % self.pack:
-            raise ValueError(f"GANTrainer.fit: argument 'batch_size' ({batch_size}) must be a multiple of pack "
-                             f"({self.pack})")
+        self._check_packs(data, batch_size)
         for name, v in (("log_every", log_every), ("sample_every", sample_every),
                         ("checkpoint_every", checkpoint_every)):
             _check_pos(name, v)
