@@ -68,12 +68,12 @@ inline void define_ops(torch::Library& m) {
   // ---- gan_loss: fused GAN losses (csrc/gan_loss/gan_loss.h) -----------------------------------
   // One pass computes the loss (0-dim, fp32 for fp16/bf16/fp32 logits, fp64 for fp64) and
   // d loss / d logits (same dtype as the loss, the logits' shapes), which the backward only scales.
-  // kind: ns, minimax, hinge, wgan, lsgan, rals; reduction: mean, sum. The D loss returns
+  // kind: ns, minimax, hinge, wgan, lsgan, rals, rpgan; reduction: mean, sum. The D loss returns
   // (loss, stats, grad_real, grad_fake); stats = [mean sigmoid(real), mean sigmoid(fake)] when
   // `stats`, else empty. real_label/fake_label are the BCE targets of ns/minimax.
   m.def("gan_d_loss(Tensor real, Tensor fake, str kind, str reduction, float real_label,"
         " float fake_label, bool stats) -> (Tensor, Tensor, Tensor, Tensor)");
-  // (loss, grad_fake, grad_real); real is read by rals only (grad_real is empty otherwise).
+  // (loss, grad_fake, grad_real); real is read by rals and rpgan only (grad_real is empty otherwise).
   m.def("gan_g_loss(Tensor fake, Tensor? real, str kind, str reduction) -> (Tensor, Tensor, Tensor)");
   // (grad * g0, grad * g1) in dtype; grad has one element.
   m.def("gan_loss_backward(Tensor grad, Tensor g0, Tensor g1, ScalarType dtype) -> (Tensor, Tensor)");

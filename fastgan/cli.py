@@ -42,6 +42,9 @@ INFO_CODES = (10, 2)  # InfoGAN on digits: one 10-way categorical code, two cont
 TRANSLATION = ("cyclegan", "stargan")  # image-to-image models: --data A:B[:C...] (unpaired domains)
 STAR_DOMAINS = "digits:digits-m:digits-inv:digits-thick"  # StarGAN's default: the four digit domains
 STAR_IDENTITY = 5.0  # StarGAN's identity loss on the CLI (docs/stargan.md: without it, translations lose the digit)
+# --recipe r3gan's gamma (R1 and R2) per model (docs/training.md, "The r3gan recipe"): mlp measured
+# on ring8 (0.01 against 0.1 and 1); dcgan R3GAN's CIFAR-10 start value (32 px images in [-1, 1])
+R3GAN_GAMMA = {"mlp": 0.01, "dcgan": 0.05}
 
 
 class CLIError(Exception):
@@ -115,9 +118,12 @@ def _cmd_train(args) -> int:
                        "--identity is the translation models' identity loss (--model cyclegan or stargan); drop it")
     if args.pack < 1:
         raise CLIError(f"--pack must be a positive integer, got {args.pack}")
+    model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
+    if args.recipe is not None and model not in R3GAN_GAMMA:
+        raise CLIError(f"--recipe {args.recipe} trains --model {' or '.join(R3GAN_GAMMA)} (the plain GAN's step); "
+                       f"drop it for {model}")
     if translation:
         return _train_translation(args, ds)
-    model = args.model or ("mlp" if ds.kind == "points" else "dcgan")
     if args.pack > 1 and model not in ("dcgan", "mlp"):
         raise CLIError(f"--pack applies to --model dcgan and mlp (the plain GAN's discriminator); drop it for {model}")
     classes = None
@@ -170,6 +176,11 @@ def _cmd_train(args) -> int:
             G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
             D = models.MLPDiscriminator(ds.x.shape[1] * args.pack, width)
     objective = None
+    if args.lr_decay or args.recipe:
+        if model not in ("dcgan", "mlp"):
+            raise CLIError(f"--lr-decay applies to --model dcgan and mlp (the plain GAN's step); drop it for {model}")
+        from fastgan.objectives import GAN
+        objective = GAN(decay=(steps // 2, steps))
     if model in CONDITIONAL:
         from fastgan.objectives import Conditional
         objective = Conditional(classes)
@@ -190,7 +201,10 @@ def _cmd_train(args) -> int:
             args.gp_weight = 10.0  # the paper's WGAN-GP
     # R1: the MLP GANs (0.1) and the AAE's latent game (1.0, on the prior draws: steadier code matching)
     r1 = args.r1_gamma if args.r1_gamma is not None else (
-        0.0 if args.gp_weight else 1.0 if model == "aae" else 0.0 if image else 0.1)
+        R3GAN_GAMMA[model] if args.recipe else 0.0 if args.gp_weight else 1.0 if model == "aae" else 0.0 if image
+        else 0.1)
+    if args.recipe and args.r2_gamma is None:
+        args.r2_gamma = r1  # R3GAN: the same gamma on both sides
     # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if image or model == "cmlp" else 0.0)
     ema = ema or None
@@ -202,8 +216,8 @@ def _cmd_train(args) -> int:
     batch = args.batch_size or (64 if image else 100)
     if batch % args.pack:
         raise CLIError(f"--batch-size ({batch}) must be a multiple of --pack ({args.pack})")
-    loss = args.loss or ("wgan" if model == "progan" else "ns")
-    betas = (0.0, 0.99) if model == "progan" else (0.5, 0.999)  # ProGAN's Adam, as the paper
+    loss = args.loss or ("rpgan" if args.recipe else "wgan" if model == "progan" else "ns")
+    betas = (0.0, 0.99) if model == "progan" or args.recipe else (0.5, 0.999)  # ProGAN's and R3GAN's Adam
     tr = _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas)
     if model == "progan" and steps < objective.total_steps() and tr.is_main and not args.quiet:
         print(f"fastgan: note: {steps} steps end before the {size}x{size} level is grown (--steps >= "
@@ -594,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: dcgan or mlp, from the data)")
     pt.add_argument("--prior", choices=("gaussian", "mixture10", "ring"), default=None,
                     help="aae: the latent prior the codes are matched to (default: gaussian)")
-    pt.add_argument("--loss", default=None, choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals"),
+    pt.add_argument("--loss", default=None, choices=("ns", "minimax", "hinge", "wgan", "lsgan", "rals", "rpgan"),
                     help="(default: ns; cyclegan: lsgan; stargan: wgan)")
     pt.add_argument("--steps", type=int, default=None, help="train until this step (default: 2000 images, 3000 mlp)")
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp; "
@@ -622,6 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--r1-gamma", type=float, default=None, help="R1 penalty weight (default: 0.1 mlp, 1 aae, off dcgan)")
     pt.add_argument("--r2-gamma", type=float, default=None,
                     help="R2 penalty weight: R1's zero-centred penalty on the fakes (default off; R3GAN: equal to R1's)")
+    pt.add_argument("--lr-decay", action="store_true",
+                    help="dcgan, mlp: both rates decay linearly to 0 over the second half of --steps")
+    pt.add_argument("--recipe", choices=("r3gan",), default=None,
+                    help="r3gan: R3GAN's objective (Huang et al. 2025) for dcgan and mlp: --loss rpgan, R1 and R2 with "
+                    "one gamma (%s), Adam betas (0, 0.99), --lr-decay; flags given explicitly override it"
+                    % ", ".join(f"{g:g} {m}" for m, g in R3GAN_GAMMA.items()))
     pt.add_argument("--pack", type=int, default=1,
                     help="PacGAN: D judges M samples at once, concatenated (dcgan, mlp; the batch size a multiple of M)")
     pt.add_argument("--r1-every", type=int, default=1, help="lazy R1 and R2: every K steps, scaled by K")

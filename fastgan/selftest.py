@@ -215,15 +215,16 @@ def sweep_conv_transpose(c, device, dtype, quick=False, narrow=False):
 def sweep_gan_loss(c, device, dtype, quick=False, large=True):
     sizes = [1, 513, 5000] + ([300_000] if large else [])
     for n in sizes:
-        for kind in ("ns", "minimax", "hinge", "wgan", "lsgan", "rals"):
+        for kind in ("ns", "minimax", "hinge", "wgan", "lsgan", "rals", "rpgan"):
             real = _randn((n,), dtype, device, scale=3, seed=10).requires_grad_(True)
-            fake = _randn((n // 2 + 1,), dtype, device, scale=3, seed=11).requires_grad_(True)
+            nf = n if kind == "rpgan" else n // 2 + 1  # rpgan pairs them one to one
+            fake = _randn((nf,), dtype, device, scale=3, seed=11).requires_grad_(True)
             d = fastgan.ops.d_loss(real, fake, kind)
-            g = fastgan.ops.g_loss(fake, kind, real_logits=real if kind == "rals" else None)
+            g = fastgan.ops.g_loss(fake, kind, real_logits=real if kind in ("rals", "rpgan") else None)
             gr, gf = _grads(d + g, (real, fake), None)
             rr, ff = real.detach().double().cpu().requires_grad_(), fake.detach().double().cpu().requires_grad_()
             dr = R.d_loss(rr, ff, kind)
-            gg = R.g_loss(ff, kind, real_logits=rr if kind == "rals" else None)
+            gg = R.g_loss(ff, kind, real_logits=rr if kind in ("rals", "rpgan") else None)
             grr, gfr = _grads(dr + gg, (rr, ff), None)
             what = f"n={n} {kind}"
             acc_tol = TOL[torch.float64 if dtype == torch.float64 else torch.float32]  # losses accumulate in fp32

@@ -94,6 +94,10 @@ def test_resume_and_existing_out(tmp_path, capsys):
     (["train", "--data", "ring8", "--pack", "0"], "--pack must be a positive integer, got 0"),
     (["train", "--data", "ring8", "--pack", "3"], "--batch-size (100) must be a multiple of --pack (3)"),
     (["train", "--model", "cdcgan", "--pack", "2"], "--pack applies to --model dcgan and mlp"),
+    (["train", "--model", "infogan", "--recipe", "r3gan"], "--recipe r3gan trains --model mlp or dcgan"),
+    (["train", "--model", "cyclegan", "--recipe", "r3gan"], "drop it for cyclegan"),
+    (["train", "--model", "cdcgan", "--lr-decay"], "--lr-decay applies to --model dcgan and mlp"),
+    (["train", "--data", "ring8", "--recipe", "r3gan", "--gp-weight", "1"], "or WGAN-GP ('gp_weight'), not both"),
     (["train", "--steps", "ten"], "argument --steps: invalid int value"),
     (["sample", "--checkpoint", "missing.pt"], "no such checkpoint"),
     (["sample"], "--checkpoint"),
@@ -142,6 +146,21 @@ def test_r1_and_r2_together(tmp_path, capsys):
     assert (cfg["r1_gamma"], cfg["r2_gamma"], cfg["r1_every"]) == (0.5, 0.5, 2)
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"d_loss"' in line]
     assert rows and all("r1" in r and "r2" in r for r in rows) and any(r["r2"] > 0 for r in rows)
+
+
+def test_recipe_r3gan(tmp_path, capsys):
+    """--recipe r3gan: rpgan, R1 = R2 at the model's gamma, Adam (0, 0.99), the rates decayed over the
+    second half; explicit flags win."""
+    from fastgan.cli import R3GAN_GAMMA
+    for argv, model, extra in ((RING, "mlp", []), (DIGITS, "dcgan", []), (RING, "mlp", ["--r2-gamma", "0.3"])):
+        out = str(tmp_path / f"run{len(extra)}{model}")
+        rc, o, e = run_cli(["train", *argv, "--steps", "2", "--out", out, "--quiet", "--recipe", "r3gan", *extra],
+                           capsys)
+        assert rc == 0, e
+        cfg = json.load(open(os.path.join(out, "config.json")))["trainer"]
+        g = R3GAN_GAMMA[model]
+        assert (cfg["loss"], cfg["r1_gamma"], cfg["r2_gamma"], cfg["betas"], cfg["decay"]) == \
+            ("rpgan", g, 0.3 if extra else g, [0.0, 0.99], [1, 2])
 
 
 def test_pack(tmp_path, capsys):

@@ -160,7 +160,8 @@ def test_without_a_pool_and_the_settings_it_refuses():
     t.fit(data, 2, 4, progress=False)  # D trains on the current fakes, detached from G's graph
     assert all(torch.isfinite(p).all() for p in t.nets["d_a"].parameters())
     for kw, what in ((dict(r1_gamma=1.0), "r1_gamma=1.0"), (dict(gp_weight=10.0), "gp_weight=10.0"),
-                     (dict(d_steps=2), "d_steps=2"), (dict(loss="rals"), "loss=rals")):
+                     (dict(d_steps=2), "d_steps=2"), (dict(loss="rals"), "loss=rals"),
+                     (dict(loss="rpgan"), "loss=rpgan")):
         with pytest.raises(ValueError, match=f"CycleGAN uses neither R1.*got {what}"):
             GANTrainer(Tiny(), Tiny(False), z_dim=1, objective=CycleGAN(Tiny(), Tiny(False)), **kw)
     with pytest.raises(ValueError, match="GANTrainer: the CycleGAN objective does not apply R2; drop 'r2_gamma'"):

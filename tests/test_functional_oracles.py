@@ -338,6 +338,7 @@ USER_D = {  # (real, fake, reduction) -> the discriminator loss
     "wgan": lambda r, f, red_: red(-r, red_) + red(f, red_),
     "lsgan": lambda r, f, red_: 0.5 * mse(r, 1.0, red_) + 0.5 * mse(f, 0.0, red_),
     "rals": lambda r, f, red_: bce(r - f.mean(), 1.0, red_) + bce(f - r.mean(), 0.0, red_),
+    "rpgan": lambda r, f, red_: bce(r - f, 1.0, red_),  # pairs: -log sigmoid(r_i - f_i)
 }
 USER_G = {  # (fake, real, reduction) -> the generator loss
     "ns": lambda f, r, red_: bce(f, 1.0, red_),                    # -log D(G(z))
@@ -346,6 +347,7 @@ USER_G = {  # (fake, real, reduction) -> the generator loss
     "wgan": lambda f, r, red_: red(-f, red_),
     "lsgan": lambda f, r, red_: 0.5 * mse(f, 1.0, red_),
     "rals": lambda f, r, red_: bce(f - r.mean(), 1.0, red_) + bce(r - f.mean(), 0.0, red_),
+    "rpgan": lambda f, r, red_: bce(f - r, 1.0, red_),
 }
 KINDS = list(USER_D)
 
@@ -355,6 +357,8 @@ KINDS = list(USER_D)
 @pytest.mark.parametrize("kind", KINDS)
 def test_d_loss_is_the_user_form(device, kind, reduction):
     real, fake = rand(17, 1, device=device, scale=3.0), rand(11, device=device, scale=3.0)
+    if kind == "rpgan":  # pairs: the same shape
+        fake = rand(17, 1, device=device, scale=3.0)
     check_fwd_bwd(lambda r, f: d_loss(r, f, kind, reduction=reduction),
                   lambda r, f: USER_D[kind](r, f, reduction), (real, fake), f"d_loss {kind} {reduction}")
 
@@ -364,7 +368,9 @@ def test_d_loss_is_the_user_form(device, kind, reduction):
 @pytest.mark.parametrize("kind", KINDS)
 def test_g_loss_is_the_user_form(device, kind, reduction):
     fake, real = rand(4, 3, device=device, scale=3.0), rand(9, device=device, scale=3.0)
-    if kind == "rals":
+    if kind == "rpgan":  # pairs: the same shape
+        real = rand(4, 3, device=device, scale=3.0)
+    if kind in ("rals", "rpgan"):
         check_fwd_bwd(lambda f, r: g_loss(f, kind, real_logits=r, reduction=reduction),
                       lambda f, r: USER_G[kind](f, r, reduction), (fake, real), f"g_loss {kind} {reduction}")
     else:

@@ -6,7 +6,7 @@ from torch import nn
 
 import fastgan
 from fastgan.ops import reference as R
-from fastgan.ops.gan_loss import KINDS, REDUCTIONS
+from fastgan.ops.gan_loss import KINDS, RELATIVISTIC, REDUCTIONS
 
 from conftest import CUDA_PATHS, DEVICES, DTYPES, TOL, cpu_kernels, too_loose
 
@@ -54,7 +54,8 @@ def assert_grad(got, want, dtype):
 @pytest.mark.parametrize("kind", KINDS)
 def test_d_loss_matches_reference(kind, reduction, dtype, device):
     real = logits((37, 1), dtype, device).requires_grad_(True)
-    fake = logits((29,), dtype, device).requires_grad_(True)  # another size and shape
+    # another size and shape (rpgan pairs the logits: the same shape)
+    fake = logits((37, 1) if kind == "rpgan" else (29,), dtype, device).requires_grad_(True)
     loss = fastgan.ops.d_loss(real, fake, kind, reduction=reduction)
     assert loss.dtype == (F64 if dtype == F64 else torch.float32) and loss.shape == ()
     go = 0.7
@@ -71,7 +72,7 @@ def test_d_loss_matches_reference(kind, reduction, dtype, device):
 @pytest.mark.parametrize("kind", KINDS)
 def test_g_loss_matches_reference(kind, reduction, dtype, device):
     fake = logits((4, 5), dtype, device).requires_grad_(True)
-    real = logits((13,), dtype, device).requires_grad_(True)
+    real = logits((4, 5) if kind == "rpgan" else (13,), dtype, device).requires_grad_(True)
     loss = fastgan.ops.g_loss(fake, kind, real_logits=real, reduction=reduction)
     assert loss.dtype == (F64 if dtype == F64 else torch.float32)
     gf, gr = torch.autograd.grad(-1.3 * loss, (fake, real), allow_unused=True)
@@ -79,10 +80,10 @@ def test_g_loss_matches_reference(kind, reduction, dtype, device):
                                fake, real, go=-1.3)
     torch.testing.assert_close(loss.to(F64), want.cpu(), **loss_tol(dtype), check_device=False)
     assert_grad(gf, wf, dtype)
-    if kind == "rals":
+    if kind in RELATIVISTIC:
         assert_grad(gr, wr, dtype)
     else:
-        assert gr is None and wr is None  # only rals reads the real logits
+        assert gr is None and wr is None  # only rals and rpgan read the real logits
 
 
 @pytest.mark.parametrize("kind", ["ns", "minimax"])
@@ -132,9 +133,9 @@ def test_nan_propagates():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, F64], ids=str)
-@pytest.mark.parametrize("kind", ["ns", "hinge", "rals"])
+@pytest.mark.parametrize("kind", ["ns", "hinge", "rals", "rpgan"])
 def test_stats(kind, dtype, device):
-    real, fake = logits(33, dtype, device), logits((8, 2), dtype, device)
+    real, fake = logits(33, dtype, device), logits(33 if kind == "rpgan" else (8, 2), dtype, device)
     loss, stats = fastgan.ops.d_loss(real, fake, kind, return_stats=True)
     assert set(stats) == {"d_real", "d_fake"}
     for key, x in (("d_real", real), ("d_fake", fake)):
@@ -153,7 +154,7 @@ def test_stats(kind, dtype, device):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck_gradgradcheck(kind, reduction):
-    real = logits(6).requires_grad_(True)
+    real = logits((3, 2) if kind == "rpgan" else 6).requires_grad_(True)
     fake = logits((3, 2)).requires_grad_(True)
 
     def d(r, f):
@@ -174,8 +175,9 @@ def test_double_backward_through_loss_matches_reference():
     fake = logits(5)
     for kind in KINDS:
         outs = []
+        f = logits((6, 1)) if kind == "rpgan" else fake
         for lib in (fastgan.ops, R):
-            (gx,) = torch.autograd.grad(lib.d_loss(x @ w, fake, kind), x, create_graph=True)
+            (gx,) = torch.autograd.grad(lib.d_loss(x @ w, f, kind), x, create_graph=True)
             outs.append(torch.autograd.grad(gx.pow(2).sum(), w)[0])
         torch.testing.assert_close(outs[0], outs[1], **TOL[F64])
 
@@ -188,9 +190,12 @@ def test_opcheck(device):
     rg, fg = r.clone().requires_grad_(True), f.clone().requires_grad_(True)
     h = logits((4, 3), torch.float32, device=device)
     for args in ((r, f, "ns", "mean", 0.9, 0.0, True), (rg, fg, "rals", "sum", 1.0, 0.0, False),
-                 (rg, fg, "hinge", "mean", 1.0, 0.0, True), (h, h.t(), "lsgan", "mean", 1.0, 0.0, False)):
+                 (rg, fg, "hinge", "mean", 1.0, 0.0, True), (h, h.t(), "lsgan", "mean", 1.0, 0.0, False),
+                 (rg, rg.detach().flip(0) - 0.5, "rpgan", "mean", 1.0, 0.0, True),
+                 (h, h.t().contiguous().t(), "rpgan", "sum", 1.0, 0.0, False)):
         torch.library.opcheck(ops.gan_d_loss.default, args)
-    for args in ((fg, None, "ns", "mean"), (fg, rg, "rals", "mean"), (f, r, "wgan", "sum")):
+    for args in ((fg, None, "ns", "mean"), (fg, rg, "rals", "mean"), (f, r, "wgan", "sum"),
+                 (rg, rg.detach() * 0.3 + 1, "rpgan", "sum")):
         torch.library.opcheck(ops.gan_g_loss.default, args)
     g0, g1 = torch.randn(5, 1, dtype=F64, device=device), torch.randn(7, dtype=F64, device=device)
     go = torch.tensor(0.3, dtype=F64, device=device)
@@ -208,7 +213,7 @@ def test_opcheck(device):
 
 
 # ---- torch.compile ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["ns", "rals"])
+@pytest.mark.parametrize("kind", ["ns", "rals", "rpgan"])
 def test_compile_fullgraph(kind):
     torch._dynamo.reset()
 
@@ -219,7 +224,7 @@ def test_compile_fullgraph(kind):
 
     compiled = torch.compile(step, fullgraph=True)
     real = logits(64, torch.float32).requires_grad_(True)
-    fake = logits((64, 1), torch.float32).requires_grad_(True)
+    fake = logits(64 if kind == "rpgan" else (64, 1), torch.float32).requires_grad_(True)
     (a, sa), (b, sb) = compiled(real, fake), step(real, fake)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(sa, sb)
@@ -239,8 +244,14 @@ def test_odd_shapes_and_layouts(device):
         (base[:, :, ::2, 1:], base.transpose(0, 3)),                          # non-contiguous
         (logits((1,), device=device).expand(9), logits((5, 2), device=device)[:, 0]),  # stride 0
     ]
-    for real, fake in cases:
-        for kind in KINDS:
+    paired = [  # rpgan: the same shapes
+        (logits((), device=device), logits((), device=device)),
+        (base.contiguous(memory_format=torch.channels_last), logits((6, 1, 3, 4), device=device)),
+        (base[:, :, ::2, 1:], base[:, :, 1:, :3]),
+        (logits((1,), device=device).expand(9), logits((9, 2), device=device)[:, 1]),
+    ]
+    for real, fake in cases + paired:
+        for kind in (["rpgan"] if real.shape == fake.shape else [k for k in KINDS if k != "rpgan"]):
             # leaves that keep the inputs' strides
             r, f = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
             r_, f_ = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
@@ -298,6 +309,12 @@ def test_bad_inputs():
         fastgan.ops.g_loss(torch.empty(0))
     with pytest.raises(ValueError, match="'real_logits'"):
         fastgan.ops.g_loss(f, "rals")
+    with pytest.raises(ValueError, match="'real_logits'"):
+        fastgan.ops.g_loss(f, "rpgan")
+    with pytest.raises(ValueError, match=r"rpgan.*'fake_logits' must have the shape of 'real_logits'.*\(4,\) and \(3,\)"):
+        fastgan.ops.d_loss(f, r, "rpgan")
+    with pytest.raises(ValueError, match=r"rpgan.*'real_logits' must have the shape.*\(4, 1\)"):
+        fastgan.ops.g_loss(r, "rpgan", real_logits=r[:, None])
     with pytest.raises(ValueError, match="'fake_logits'.*device"):
         fastgan.ops.d_loss(r, f.to("meta"))
     with pytest.raises(ValueError, match="'real_logits'.*device"):
@@ -313,6 +330,10 @@ def test_bad_inputs():
         torch.ops.fastgan.gan_d_loss(r, f.float(), "ns", "mean", 1.0, 0.0, False)
     with pytest.raises(RuntimeError, match="argument 'real'"):
         torch.ops.fastgan.gan_g_loss(f, None, "rals", "mean")
+    with pytest.raises(RuntimeError, match="argument 'fake'.*rpgan.*shape"):
+        torch.ops.fastgan.gan_d_loss(r, f, "rpgan", "mean", 1.0, 0.0, False)
+    with pytest.raises(RuntimeError, match="argument 'real'.*rpgan.*shape"):
+        torch.ops.fastgan.gan_g_loss(r, r[:, None], "rpgan", "mean")
     with pytest.raises(RuntimeError, match="argument 'real'.*non-empty"):
         torch.ops.fastgan.gan_d_loss(r[:0], f, "ns", "mean", 1.0, 0.0, False)
     with pytest.raises(RuntimeError, match="argument 'grad'"):
@@ -533,7 +554,7 @@ def test_penalty_bad_inputs():
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_matches_cpu_large_and_deterministic(kind, n, device):
     real = logits(n, torch.float32, device)
-    fake = logits(n // 2 + 1, torch.float32, device)
+    fake = logits(n if kind == "rpgan" else n // 2 + 1, torch.float32, device)
     outs = [torch.ops.fastgan.gan_d_loss(real, fake, kind, "mean", 0.9, 0.0, True) for _ in range(2)]
     for a, b in zip(*outs):
         assert torch.equal(a, b)  # deterministic: same bits every run

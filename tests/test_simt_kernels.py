@@ -313,24 +313,30 @@ def test_batch_norm_act_momentum_none_reads_counter_on_device():
 # ---- gan_loss and the penalties ---------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [1, 5, 511, 512, 513, 5000])
-@pytest.mark.parametrize("kind", ["ns", "hinge", "wgan", "lsgan", "rals"])
+@pytest.mark.parametrize("kind", ["ns", "hinge", "wgan", "lsgan", "rals", "rpgan"])
 def test_gan_loss(kind, n, dtype):
     real = (torch.randn(n, dtype=F64) * 3).to(dtype)
-    fake = (torch.randn(n // 2 + 1, dtype=F64) * 3).to(dtype)
-    outs = simt.schedules(lambda: S.gan_d_loss(real, fake, kind, "mean", 0.9, 0.0, True)[:3]
-                          + S.gan_g_loss(fake, real if kind == "rals" else None, kind, "sum")[:2])
+    fake = (torch.randn(n if kind == "rpgan" else n // 2 + 1, dtype=F64) * 3).to(dtype)
+    rel = kind in ("rals", "rpgan")
+    outs = simt.schedules(lambda: S.gan_d_loss(real, fake, kind, "mean", 0.9, 0.0, True)[:4]
+                          + S.gan_g_loss(fake, real if rel else None, kind, "sum"))
     same_bits(outs)
-    d, stats, gr, g, gf = outs[0]
+    d, stats, gr, gdf, g, gf, ggr = outs[0]
     rr, ff = real.double().requires_grad_(), fake.double().requires_grad_()
     want_d = R.d_loss(rr, ff, kind, real_label=0.9)
-    (want_gr,) = torch.autograd.grad(want_d, rr)
-    want_g = R.g_loss(ff, kind, real_logits=rr if kind == "rals" else None, reduction="sum")
-    (want_gf,) = torch.autograd.grad(want_g, ff)
+    want_gr, want_gdf = torch.autograd.grad(want_d, (rr, ff))
+    want_g = R.g_loss(ff, kind, real_logits=rr if rel else None, reduction="sum")
+    want_gf, want_ggr = torch.autograd.grad(want_g, (ff, rr), allow_unused=True)
     tol = TOL[F64] if dtype == F64 else TOL[torch.float32]
     torch.testing.assert_close(d.double(), want_d.detach(), **tol)
     torch.testing.assert_close(g.double(), want_g.detach(), atol=tol["atol"] * n, rtol=tol["rtol"])
     torch.testing.assert_close(gr.double(), want_gr, **tol)
+    torch.testing.assert_close(gdf.double(), want_gdf, **tol)
     torch.testing.assert_close(gf.double(), want_gf, **tol)
+    if rel:  # the G loss's gradient for the real logits too
+        torch.testing.assert_close(ggr.double(), want_ggr, **tol)
+    else:
+        assert ggr.numel() == 0
     torch.testing.assert_close(stats.double(), torch.stack([torch.sigmoid(real.double()).mean(),
                                                             torch.sigmoid(fake.double()).mean()]), **tol)
     go = torch.tensor(0.7, dtype=d.dtype)
@@ -339,19 +345,21 @@ def test_gan_loss(kind, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("kind", ["ns", "rals"])
+@pytest.mark.parametrize("kind", ["ns", "rals", "rpgan"])
 def test_gan_loss_grid_version(kind, dtype):
     """Above 2^17 logits the loss runs on a grid (partials per block, added in block order; rals also
-    reduces its means first and adds its gradient constants last): same bits in every order."""
+    reduces its means first and adds its gradient constants last; rpgan's blocks own pairs): same bits
+    in every order."""
     real = (torch.randn(150_001, dtype=F64) * 3).to(dtype)
-    fake = (torch.randn(70_000, dtype=F64) * 3).to(dtype)
+    fake = (torch.randn(150_001 if kind == "rpgan" else 70_000, dtype=F64) * 3).to(dtype)
+    rel = kind in ("rals", "rpgan")
     outs = simt.schedules(lambda: S.gan_d_loss(real, fake, kind, "mean", 1.0, 0.0, True)[:3]
-                          + S.gan_g_loss(fake, real if kind == "rals" else None, kind, "mean")[:2])
+                          + S.gan_g_loss(fake, real if rel else None, kind, "mean")[:2])
     same_bits(outs)
     d, stats, gr, g, gf = outs[0]
     rr, ff = real.double().requires_grad_(), fake.double().requires_grad_()
     want_d = R.d_loss(rr, ff, kind)
-    want_g = R.g_loss(ff, kind, real_logits=rr if kind == "rals" else None)
+    want_g = R.g_loss(ff, kind, real_logits=rr if rel else None)
     (want_gr,) = torch.autograd.grad(want_d, rr)
     (want_gf,) = torch.autograd.grad(want_g, ff)
     torch.testing.assert_close(d.double(), want_d.detach(), rtol=1e-5, atol=1e-6)

@@ -149,8 +149,8 @@ def test_targets_decay_and_the_settings_it_refuses():
     assert t.optimizers["g"].param_groups[0]["lr"] == pytest.approx(0.01 * 0.75)
     assert t.optimizers["d"].param_groups[0]["lr"] == pytest.approx(0.02 * 0.75)
     assert [StarGAN(decay=(4, 8)).lr_factor(s) for s in (0, 4, 6, 8, 9)] == [1, 1, 0.5, 0, 0]
-    for kw, msg in ((dict(r1_gamma=1.0), "StarGAN uses neither R1 nor the rals loss; got r1_gamma=1.0"),
-                    (dict(loss="rals"), "got loss=rals")):
+    for kw, msg in ((dict(r1_gamma=1.0), "StarGAN uses neither R1 nor a relativistic loss; got r1_gamma=1.0"),
+                    (dict(loss="rals"), "got loss=rals"), (dict(loss="rpgan"), "got loss=rpgan")):
         with pytest.raises(ValueError, match=msg):
             GANTrainer(TinyG(), TinyD(), z_dim=1, objective=StarGAN(), **kw)
     with pytest.raises(ValueError, match="the StarGAN objective does not apply R2"):

@@ -12,7 +12,7 @@ The semantics checked (GANTrainer's docstring and the GAN paper's alternating up
 * each step, `d_steps` discriminator updates, each on its own real batch and its own fresh fake
   batch G(z) (noise drawn for that D step), D loss = mean(real terms) + mean(fake terms);
 * then one generator update on the fake batch of the last D step, its loss through the UPDATED
-  discriminator (rals: the real logits too, with the updated D), D's parameters untouched;
+  discriminator (rals, rpgan: the real logits too, with the updated D), D's parameters untouched;
 * R1 (gamma/2 * mean_i ||dD(x_i)/dx_i||^2) at steps 0, k, 2k, ... scaled by k = r1_every;
 * WGAN-GP: weight * mean_i (||dD(x_hat_i)/dx_hat_i|| - 1)^2, x_hat = eps real + (1 - eps) fake, on
   every D step;
@@ -34,7 +34,7 @@ N = 4            # batch size
 Z, X = 2, 3      # noise and sample dimensions
 LR_G, LR_D = 0.07, 0.11
 TOL = dict(rtol=1e-12, atol=1e-12)
-LOSSES = ["ns", "minimax", "hinge", "wgan", "lsgan", "rals"]
+LOSSES = ["ns", "minimax", "hinge", "wgan", "lsgan", "rals", "rpgan"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks (conftest.one_thread)
@@ -80,6 +80,8 @@ def d_loss(kind, r, f):
         return (0.5 * (r - 1) ** 2).mean() + (0.5 * f ** 2).mean()
     if kind == "rals":
         return softplus(-(r - f.mean())).mean() + softplus(f - r.mean()).mean()
+    if kind == "rpgan":                 # pairs: -log sigmoid(r_i - f_i)
+        return softplus(f - r).mean()
     raise AssertionError(kind)
 
 
@@ -94,6 +96,8 @@ def g_loss(kind, f, r):
         return (0.5 * (f - 1) ** 2).mean()
     if kind == "rals":
         return softplus(-(f - r.mean())).mean() + softplus(r - f.mean()).mean()
+    if kind == "rpgan":
+        return softplus(r - f).mean()
     raise AssertionError(kind)
 
 
@@ -284,7 +288,7 @@ def test_lazy_r1(r1_every, d_steps, monkeypatch):
     assert [r["r1"] > 0 for r in hist] == [s % r1_every == 0 for s in range(3)]
 
 
-@pytest.mark.parametrize("loss", ["ns", "rals"])
+@pytest.mark.parametrize("loss", ["ns", "rals", "rpgan"])  # rpgan + R1 + R2: R3GAN's objective
 @pytest.mark.parametrize("r1_gamma,r2_gamma,r1_every", [(0.0, 0.9, 1), (0.7, 0.7, 2)])
 def test_r2_and_r1_with_r2(r1_gamma, r2_gamma, r1_every, loss, monkeypatch):
     """R2 (R1's penalty at the fakes of each D update), alone and beside R1, lazy as R1."""

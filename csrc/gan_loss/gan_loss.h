@@ -13,6 +13,9 @@
 // tau != 0 only for rals ("coupled"): the means of the other side enter the terms, so the kernels
 // first reduce the means, then the terms, and, because d loss / d x_k then also depends on the
 // sums of the other side's derivatives, finally add one constant per side to the gradient.
+// rpgan ("paired", the relativistic pairing loss of RpGAN / R3GAN) pairs the sides one to one: one
+// Softplus term per pair i with x = x0_i - x1_i (side 0's coefficients), scale over the n pairs,
+// and d loss / d x1_i = -d loss / d x0_i; both sides have the same shape.
 // The forward computes the loss and d loss / d logits (in the accumulate type) in one pass; the
 // backward only scales the saved gradient by the incoming one.
 #pragma once
@@ -28,7 +31,7 @@ namespace fastgan {
 namespace gan_loss {
 
 enum class Form : int { Softplus, Hinge, Linear, Square };
-enum class Kind : int { NS, Minimax, Hinge, Wgan, Lsgan, Rals };
+enum class Kind : int { NS, Minimax, Hinge, Wgan, Lsgan, Rals, Rpgan };
 
 inline Kind parse_kind(const std::string& k) {
   if (k == "ns") return Kind::NS;
@@ -37,8 +40,9 @@ inline Kind parse_kind(const std::string& k) {
   if (k == "wgan") return Kind::Wgan;
   if (k == "lsgan") return Kind::Lsgan;
   if (k == "rals") return Kind::Rals;
+  if (k == "rpgan") return Kind::Rpgan;
   FASTGAN_CHECK_ARG(false, "kind", "unknown loss kind '", k,
-                    "'; expected one of ns, minimax, hinge, wgan, lsgan, rals");
+                    "'; expected one of ns, minimax, hinge, wgan, lsgan, rals, rpgan");
   return Kind::NS;
 }
 
@@ -55,6 +59,7 @@ struct Coef {
 struct Spec {
   Form form;
   bool coupled = false;
+  bool paired = false;
   Coef side[2];
 };
 
@@ -89,6 +94,11 @@ inline Spec d_spec(Kind k, double real_label, double fake_label) {
       p.side[0] = {1, -1, 0, 1};
       p.side[1] = {1, 1, 0, -1};
       break;
+    case Kind::Rpgan:  // softplus(-(r_i - f_i)) = softplus(f_i - r_i)
+      p.form = Form::Softplus;
+      p.paired = true;
+      p.side[0] = {1, -1, 0, 0};
+      break;
   }
   return p;
 }
@@ -115,7 +125,8 @@ inline Spec g_spec(Kind k) {
       p.side[0].b = 1;
       break;
     case Kind::Rals:  // the D loss with real and fake swapped
-      p = d_spec(Kind::Rals, 1, 0);
+    case Kind::Rpgan:
+      p = d_spec(k, 1, 0);
       break;
   }
   return p;
@@ -184,6 +195,7 @@ FASTGAN_HD void term(V x, V a, V s, V b, V t, V& l, V& d, V& dz) {
 struct Problem {
   Form form;
   bool coupled = false;
+  bool paired = false;  // then n[1] == n[0], and scale[1] is unused
   bool stats = false;
   at::Tensor x[2], g[2];
   int64_t n[2] = {0, 0};
@@ -206,6 +218,7 @@ inline Problem make_problem(const Spec& spec, bool mean, const at::Tensor& x0,
   Problem p;
   p.form = spec.form;
   p.coupled = spec.coupled;
+  p.paired = spec.paired;
   p.x[0] = x0.contiguous();
   p.n[0] = x0.numel();
   p.g[0] = alloc_grad(x0);
@@ -226,6 +239,13 @@ inline Problem make_problem(const Spec& spec, bool mean, const at::Tensor& x0,
   return p;
 }
 
+// rpgan's pairs: the same shape on both sides.
+inline void check_paired(const at::Tensor& t, const at::Tensor& other, const char* arg, const char* other_arg) {
+  FASTGAN_CHECK_ARG(t.sizes() == other.sizes(), arg, "the rpgan loss pairs real and fake logits one to one, "
+                    "so '", arg, "' must have the shape of '", other_arg, "': got ", t.sizes(), " and ",
+                    other.sizes());
+}
+
 // d_loss op: returns (loss, stats, grad_real, grad_fake).
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> d_loss_impl(
@@ -239,6 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> d_loss_impl(
   check_same_dtype(fake, real, "fake", "real");
   FASTGAN_CHECK_ARG(std::isfinite(real_label), "real_label", "expected a finite number, got ", real_label);
   FASTGAN_CHECK_ARG(std::isfinite(fake_label), "fake_label", "expected a finite number, got ", fake_label);
+  if (k == Kind::Rpgan) check_paired(fake, real, "fake", "real");
   Problem p = make_problem(d_spec(k, real_label, fake_label), mean, real, fake);
   p.stats = stats;
   p.stats_out = at::empty({stats ? 2 : 0}, p.loss.options());
@@ -246,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> d_loss_impl(
   return {p.loss, p.stats_out, p.g[0], p.g[1]};
 }
 
-// g_loss op: returns (loss, grad_fake, grad_real); grad_real is empty unless kind is rals.
+// g_loss op: returns (loss, grad_fake, grad_real); grad_real is empty unless kind is rals or rpgan.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> g_loss_impl(const at::Tensor& fake,
                                                            const c10::optional<at::Tensor>& real,
@@ -256,11 +277,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> g_loss_impl(const at::Tensor& fak
   const bool mean = parse_reduction(reduction);
   check_logits(fake, "fake");
   c10::optional<at::Tensor> other;
-  if (k == Kind::Rals) {
-    FASTGAN_CHECK_ARG(real.has_value(), "real", "the rals generator loss needs the real logits");
+  if (k == Kind::Rals || k == Kind::Rpgan) {
+    FASTGAN_CHECK_ARG(real.has_value(), "real", "the ", kind, " generator loss needs the real logits");
     check_logits(*real, "real");
     check_same_device(*real, fake, "real", "fake");
     check_same_dtype(*real, fake, "real", "fake");
+    if (k == Kind::Rpgan) check_paired(*real, fake, "real", "fake");
     other = real;
   }
   Problem p = make_problem(g_spec(k), mean, fake, other);

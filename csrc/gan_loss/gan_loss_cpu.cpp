@@ -101,6 +101,71 @@ Sums side_pass(const at::Tensor& x, at::Tensor& g, const Coef& c, double t, doub
   });
 }
 
+// rpgan: one term per pair, x = x0_i - x1_i; g0 = scale * dl/dx, g1 = -g0; the sums of l and
+// (kStats) of sigmoid(x0) and sigmoid(x1).
+template <typename scalar_t, bool kStats>
+Sums paired_pass(const at::Tensor& x0, const at::Tensor& x1, at::Tensor& g0, at::Tensor& g1, const Coef& c,
+                 double scale) {
+  using acc = acc_t<scalar_t>;
+  using V = Vec<acc>;
+  constexpr int K = V::size();
+  const scalar_t* ap = x0.const_data_ptr<scalar_t>();
+  const scalar_t* bp = x1.const_data_ptr<scalar_t>();
+  acc* gap = g0.mutable_data_ptr<acc>();
+  acc* gbp = g1.mutable_data_ptr<acc>();
+  const V va{acc(c.a)}, vs{acc(c.s)}, vb{acc(c.b)}, vscale{acc(scale)};
+  return chunked(x0.numel(), [&](int64_t begin, int64_t end) {
+    Sums tot{0, 0, 0};
+    V sl(0), s0(0), s1(0);
+    int steps = 0;
+    auto flush = [&] {
+      tot[0] += vmath::hsum(sl);
+      if (kStats) {
+        tot[1] += vmath::hsum(s0);
+        tot[2] += vmath::hsum(s1);
+      }
+      sl = s0 = s1 = V(0);
+      steps = 0;
+    };
+    for (int64_t i = begin; i < end; i += K) {
+      const int n = int(std::min<int64_t>(K, end - i));
+      const V av = vmath::load_as<acc>(ap + i, n), bv = vmath::load_as<acc>(bp + i, n);
+      V l, d, dz;
+      term<Form::Softplus>(av - bv, va, vs, vb, V(0), l, d, dz);
+      const V g = d * vscale;
+      vmath::store_as(g, gap + i, n);
+      vmath::store_as(V(0) - g, gbp + i, n);
+      V sa = kStats ? sigmoid_of(av) : V(0), sb = kStats ? sigmoid_of(bv) : V(0);
+      if (n < K) {  // drop the padding lanes from the sums
+        l = V::set(V(0), l, n);
+        sa = V::set(V(0), sa, n);
+        sb = V::set(V(0), sb, n);
+      }
+      sl = sl + l;
+      if (kStats) {
+        s0 = s0 + sa;
+        s1 = s1 + sb;
+      }
+      if (++steps == kFlush) flush();
+    }
+    flush();
+    return tot;
+  });
+}
+
+template <typename scalar_t>
+void run_paired(Problem& p) {
+  using acc = acc_t<scalar_t>;
+  const Sums s = p.stats ? paired_pass<scalar_t, true>(p.x[0], p.x[1], p.g[0], p.g[1], p.coef[0], p.scale[0])
+                         : paired_pass<scalar_t, false>(p.x[0], p.x[1], p.g[0], p.g[1], p.coef[0], p.scale[0]);
+  *p.loss.mutable_data_ptr<acc>() = acc(p.scale[0] * s[0]);
+  if (p.stats) {
+    acc* st = p.stats_out.mutable_data_ptr<acc>();
+    st[0] = acc(s[1] / double(p.n[0]));
+    st[1] = acc(s[2] / double(p.n[1]));
+  }
+}
+
 template <typename acc>
 void add_constant(at::Tensor& g, double c) {
   if (c == 0 || g.numel() == 0) return;
@@ -144,6 +209,7 @@ void run_typed(Problem& p) {
 struct CpuKernels {
   static void run(Problem& p) {
     FASTGAN_DISPATCH_FLOATING(p.x[0].scalar_type(), "gan_loss_cpu", [&] {
+      if (p.paired) return run_paired<scalar_t>(p);
       FASTGAN_DISPATCH_FORM(p.form, [&] { run_typed<scalar_t, kForm>(p); });
     });
   }
@@ -246,6 +312,18 @@ at::Tensor add_opt(const at::Tensor& a, const at::Tensor& b) { return a.defined(
 //   dT/dx_i = s_i alpha_i + tau_other sum(alpha_other) / n_i
 std::array<at::Tensor, 2> loss_hvp(const Spec& sp, bool mean, const at::Tensor (&x)[2],
                                    const at::Tensor (&cot)[2]) {
+  if (sp.paired) {
+    // z_i = s (x0_i - x1_i), g0 = scale a s sigmoid(z) = -g1:
+    //   alpha_i = scale a sigmoid'(z_i) s (cot0_i - cot1_i),  dT/dx0 = s alpha = -dT/dx1
+    const auto t = at::toOpMathType(x[0].scalar_type());
+    const Coef& c = sp.side[0];
+    const at::Tensor sig = at::sigmoid((x[0].to(t) - x[1].to(t)) * c.s);
+    at::Tensor diff = cot[0].defined() ? cot[0].to(t) : at::zeros_like(sig);
+    if (cot[1].defined()) diff = diff - cot[1].to(t);
+    at::Tensor out = sig * (1 - sig) * diff * (c.a * c.s * c.s);
+    if (mean) out = out.div(c10::Scalar(x[0].sym_numel()));
+    return {out.to(x[0].scalar_type()), out.neg().to(x[1].scalar_type())};
+  }
   // Sizes as SymInts: under torch.compile / opcheck the backward runs on symbolic shapes.
   const int sides = x[1].defined() ? 2 : 1;
   const bool coupled = sp.coupled && sides == 2;
@@ -364,7 +442,8 @@ class GLossFn : public torch::autograd::Function<GLossFn> {
     at::AutoDispatchBelowADInplaceOrView below;
     static auto op = find_op<GLossSig>("fastgan::gan_g_loss");
     auto [loss, g0, g1] = op.call(fake, real, kind, reduction);
-    const bool has_real = real.has_value() && parse_kind(kind) == Kind::Rals;
+    const Kind k = parse_kind(kind);
+    const bool has_real = real.has_value() && (k == Kind::Rals || k == Kind::Rpgan);
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({fake, has_real ? *real : at::Tensor(), g0, g1});
     ctx->saved_data["kind"] = kind;

@@ -3,7 +3,8 @@
 // The batches are tiny (64 to 65536 logits per side), so the cost in eager PyTorch is launches, not
 // bytes. One block of kThreads threads walks both sides with a fixed thread-to-element assignment
 // and reduces with a fixed tree (common/block_reduce.cuh): deterministic, no atomics, no host sync,
-// no workspace. For rals the phases run inside the same launch, separated by __syncthreads():
+// no workspace. rpgan walks its pairs once (both sides in the same loop). For rals the phases run
+// inside the same launch, separated by __syncthreads():
 //   1. the means of both sides (block sums),
 //   2. terms, d loss / d x, and the sums of l, sigmoid(x) and dl/dz,
 //   3. one constant per side added to the gradient (it needs the sums of phase 2).
@@ -69,7 +70,28 @@ __device__ __forceinline__ void side_terms(const SideDev<scalar_t>& s, int64_t b
   }
 }
 
-template <typename scalar_t, Form F, bool kCoupled, bool kStats>
+// rpgan's pairs i = begin, begin + step, ... < end (both sides have n elements): x = x0_i - x1_i
+// with side 0's coefficients, g1_i = -g0_i; adds to v = [l, -, sigmoid0, sigmoid1, -, -].
+template <typename scalar_t, bool kStats>
+__device__ __forceinline__ void paired_terms(const SideDev<scalar_t>& s0, const SideDev<scalar_t>& s1, int64_t begin,
+                                             int64_t end, int64_t step, acc_t<scalar_t> (&v)[6]) {
+  using acc = acc_t<scalar_t>;
+  for (int64_t i = begin; i < end; i += step) {
+    const acc a = acc(s0.x[i]), b = acc(s1.x[i]);
+    acc l, d, dz;
+    term<Form::Softplus>(a - b, s0.a, s0.s, s0.b, acc(0), l, d, dz);
+    const acc g = s0.scale * d;
+    s0.g[i] = g;
+    s1.g[i] = -g;
+    v[0] += l;
+    if (kStats) {
+      v[2] += sigmoid_of(a);
+      v[3] += sigmoid_of(b);
+    }
+  }
+}
+
+template <typename scalar_t, Form F, bool kCoupled, bool kStats, bool kPaired = false>
 __global__ void __launch_bounds__(kThreads)
 loss_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>* loss, acc_t<scalar_t>* stats) {
   using acc = acc_t<scalar_t>;
@@ -86,8 +108,12 @@ loss_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>* loss, a
   }
   // v: [l0, l1, sigmoid0, sigmoid1, dz0, dz1]
   acc v[6] = {0, 0, 0, 0, 0, 0};
-  side_terms<scalar_t, F, kStats>(s0, tid, s0.n, nt, t0, v[0], v[4], v[2]);
-  side_terms<scalar_t, F, kStats>(s1, tid, s1.n, nt, t1, v[1], v[5], v[3]);
+  if constexpr (kPaired) {
+    paired_terms<scalar_t, kStats>(s0, s1, tid, s0.n, nt, v);
+  } else {
+    side_terms<scalar_t, F, kStats>(s0, tid, s0.n, nt, t0, v[0], v[4], v[2]);
+    side_terms<scalar_t, F, kStats>(s1, tid, s1.n, nt, t1, v[1], v[5], v[3]);
+  }
   block_sum<acc, 6>(v, smem);
   if constexpr (kCoupled) {
     // x_k of side i also moves every z of side j through mean(x_i) (see gan_loss.h).
@@ -137,7 +163,7 @@ mean_partial_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, acc_t<scalar_t>*
 }
 
 // part[k][6]: the sums of loss_kernel's v over block k's chunks; g written.
-template <typename scalar_t, Form F, bool kCoupled, bool kStats>
+template <typename scalar_t, Form F, bool kCoupled, bool kStats, bool kPaired = false>
 __global__ void __launch_bounds__(kGridThreads)
 terms_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, const acc_t<scalar_t>* mean_part, acc_t<scalar_t>* part) {
   using acc = acc_t<scalar_t>;
@@ -157,9 +183,13 @@ terms_kernel(SideDev<scalar_t> s0, SideDev<scalar_t> s1, const acc_t<scalar_t>* 
   acc v[6] = {0, 0, 0, 0, 0, 0};
   int64_t b, e;
   chunk_of(s0.n, nb, b, e);
-  side_terms<scalar_t, F, kStats>(s0, b + threadIdx.x, e, blockDim.x, t0, v[0], v[4], v[2]);
-  chunk_of(s1.n, nb, b, e);
-  side_terms<scalar_t, F, kStats>(s1, b + threadIdx.x, e, blockDim.x, t1, v[1], v[5], v[3]);
+  if constexpr (kPaired) {
+    paired_terms<scalar_t, kStats>(s0, s1, b + threadIdx.x, e, blockDim.x, v);
+  } else {
+    side_terms<scalar_t, F, kStats>(s0, b + threadIdx.x, e, blockDim.x, t0, v[0], v[4], v[2]);
+    chunk_of(s1.n, nb, b, e);
+    side_terms<scalar_t, F, kStats>(s1, b + threadIdx.x, e, blockDim.x, t1, v[1], v[5], v[3]);
+  }
   block_sum<acc, 6>(v, smem);
   if (threadIdx.x == 0) {
 #pragma unroll
@@ -222,7 +252,7 @@ __global__ void backward_kernel(const acc* __restrict__ grad, const acc* __restr
   }
 }
 
-template <typename scalar_t, Form F, bool kCoupled, bool kStats>
+template <typename scalar_t, Form F, bool kCoupled, bool kStats, bool kPaired = false>
 void launch(Problem& p) {
   using acc = acc_t<scalar_t>;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -231,7 +261,7 @@ void launch(Problem& p) {
   acc* stats = kStats ? p.stats_out.mutable_data_ptr<acc>() : nullptr;
   const int64_t n = p.n[0] + p.n[1];
   if (n <= kSingleBlockMax) {
-    loss_kernel<scalar_t, F, kCoupled, kStats><<<1, kThreads, 0, stream>>>(s0, s1, loss, stats);
+    loss_kernel<scalar_t, F, kCoupled, kStats, kPaired><<<1, kThreads, 0, stream>>>(s0, s1, loss, stats);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
@@ -245,7 +275,7 @@ void launch(Problem& p) {
     mean_partial_kernel<scalar_t><<<nb, kGridThreads, 0, stream>>>(s0, s1, mean_part);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  terms_kernel<scalar_t, F, kCoupled, kStats><<<nb, kGridThreads, 0, stream>>>(s0, s1, mean_part, part);
+  terms_kernel<scalar_t, F, kCoupled, kStats, kPaired><<<nb, kGridThreads, 0, stream>>>(s0, s1, mean_part, part);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   finish_kernel<scalar_t, kCoupled, kStats><<<1, kGridThreads, 0, stream>>>(s0, s1, part, nb, loss, stats, consts);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -259,6 +289,10 @@ void launch(Problem& p) {
 struct CudaKernels {
   static void run(Problem& p) {
     FASTGAN_DISPATCH_FLOATING(p.x[0].scalar_type(), "gan_loss_cuda", [&] {
+      if (p.paired) {  // softplus form (gan_loss.h)
+        return p.stats ? launch<scalar_t, Form::Softplus, false, true, true>(p)
+                       : launch<scalar_t, Form::Softplus, false, false, true>(p);
+      }
       FASTGAN_DISPATCH_FORM(p.form, [&] {
         if (p.coupled) {
           if constexpr (kForm == Form::Softplus) {

@@ -13,7 +13,7 @@ from fastgan.ops import d_loss, g_loss, r1_penalty, reference
 def _loss_cases(device, quick):
     batches = [64, 4096, 65536] if quick else [64, 256, 1024, 4096, 16384, 65536]
     dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" and not quick else [])
-    d_kinds = ["ns"] if quick else ["ns", "hinge", "rals"]
+    d_kinds = ["ns"] if quick else ["ns", "hinge", "rals", "rpgan"]
     out = []
     for dtype in dtypes:
         es = torch.tensor([], dtype=dtype).element_size()

@@ -10,7 +10,7 @@ class GANLoss(nn.Module):
 
         loss = GANLoss("hinge")
         d = loss.d(D(x), D(G(z).detach()))   # discriminator step
-        g = loss.g(D(G(z)))                  # generator step (rals: loss.g(fake, real_logits))
+        g = loss.g(D(G(z)))                  # generator step (rals, rpgan: loss.g(fake, real_logits))
 
     real_label/fake_label (one-sided label smoothing) and return_stats apply to .d().
     """
@@ -41,7 +41,7 @@ class GANLoss(nn.Module):
                       return_stats=self.return_stats)
 
     def g(self, fake_logits, real_logits=None):
-        """Generator loss; rals needs real_logits."""
+        """Generator loss; rals and rpgan need real_logits."""
         return g_loss(fake_logits, self.kind, real_logits=real_logits, reduction=self.reduction)
 
     def forward(self, *args, **kwargs):

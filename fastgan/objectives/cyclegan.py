@@ -14,7 +14,7 @@ import torch
 
 from .. import ops
 from .base import Objective, check_decay, linear_decay
-from .gan import acc
+from .gan import RELATIVISTIC, acc
 
 
 class ImagePool:
@@ -85,9 +85,9 @@ class CycleGAN(Objective):
     def bind(self, t):
         unused = [f"{name}={v}" for name, v, off in (("r1_gamma", t.r1_gamma, 0), ("gp_weight", t.gp_weight, 0),
                                                      ("d_steps", t.d_steps, 1)) if v != off]
-        if unused or t.loss == "rals":
-            raise ValueError("GANTrainer: CycleGAN uses neither R1, WGAN-GP, several D steps nor the rals loss "
-                             f"(its step has none of them); got {', '.join(unused) or 'loss=rals'}")
+        if unused or t.loss in RELATIVISTIC:
+            raise ValueError("GANTrainer: CycleGAN uses neither R1, WGAN-GP, several D steps nor a relativistic "
+                             f"loss (its step has none of them); got {', '.join(unused) or 'loss=' + t.loss}")
         self.pools = [ImagePool(self.pool_size, t.seed + 11), ImagePool(self.pool_size, t.seed + 13)]
         self.device = t.device
 

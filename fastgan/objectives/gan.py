@@ -6,11 +6,14 @@ batch and a fresh fake batch, then one generator update on the last fake batch w
     G:  min  g_loss(D(G(z)))         (non-saturating -log D(G(z)) by default)
 
 The loss kind and the penalties are the trainer's settings (GANTrainer(loss=, d_steps=, r1_gamma=,
-r2_gamma=, r1_every= (both lazy penalties), gp_weight=)); every loss is fastgan's fused op (value and gradient in one pass)."""
+r2_gamma=, r1_every= (both lazy penalties), gp_weight=)); every loss is fastgan's fused op (value
+and gradient in one pass). GAN(decay=(first, last)) decays both learning rates linearly to 0
+between those steps (the r3gan recipe's schedule)."""
 import torch
 
 from .. import ops
-from .base import Objective
+from ..ops.gan_loss import RELATIVISTIC
+from .base import Objective, check_decay, linear_decay
 
 
 def acc(t):
@@ -47,6 +50,15 @@ class GAN(Objective):
     # r2_gamma / pack)
     r2 = True
     pack = True
+    #: (first, last) step of a linear decay of both rates to 0 (GAN(decay=...)); None: constant rates
+    decay = None
+
+    def __init__(self, *, decay=None):
+        check_decay("GAN", decay)
+        self.decay = None if decay is None else tuple(decay)
+
+    def config(self):
+        return {} if self.decay is None else {"decay": list(self.decay)}
 
     def logged(self, t):
         drop = {name for name, v in (("r1", t.r1_gamma), ("r2", t.r2_gamma)) if v == 0}
@@ -85,6 +97,10 @@ class GAN(Objective):
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, t, batches):
+        if self.decay is not None:
+            f = linear_decay(self.decay, t.step)
+            for player in ("g", "d"):
+                t.scale_lr(player, f)
         kind = t.loss
         zero = torch.zeros((), device=t.device)
         r1 = r2 = gp = zero
@@ -129,7 +145,7 @@ class GAN(Objective):
             with t.autocast():
                 fl = self.discriminate(t, pack_samples(fake, t.pack, t.channels_last), fcond)
                 rl = None
-                if kind == "rals":  # the real logits of the updated D too, like the fake ones
+                if kind in RELATIVISTIC:  # the real logits of the updated D too, like the fake ones
                     with torch.no_grad():
                         rl = self.discriminate(t, real.detach(), cond)
             lg = ops.g_loss(acc(fl), kind, real_logits=None if rl is None else acc(rl))

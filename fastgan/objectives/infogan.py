@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import ops
 from .base import class_rows
-from .gan import GAN, acc, lazy_penalties
+from .gan import GAN, RELATIVISTIC, acc, lazy_penalties
 
 
 def code_input(z, categories: int, continuous: int, cat=None):
@@ -153,7 +153,7 @@ class InfoGAN(GAN):
             with t.autocast():
                 fl, h = D(fake, features=True)
                 rl = None
-                if kind == "rals":
+                if kind in RELATIVISTIC:
                     with torch.no_grad():
                         rl = D(real.detach())
             lg = ops.g_loss(acc(fl), kind, real_logits=None if rl is None else acc(rl))

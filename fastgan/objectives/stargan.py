@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from .base import Objective, check_decay, linear_decay
-from .gan import acc
+from .gan import RELATIVISTIC, acc
 
 
 class StarGAN(Objective):
@@ -42,9 +42,9 @@ class StarGAN(Objective):
         if k is None:
             raise ValueError("GANTrainer: StarGAN's generator must say how many domains it translates between "
                              "(num_domains), as fastgan.models.StarGenerator does")
-        if t.r1_gamma != 0 or t.loss == "rals":
-            raise ValueError(f"GANTrainer: StarGAN uses neither R1 nor the rals loss; got "
-                             f"{'r1_gamma=' + str(t.r1_gamma) if t.r1_gamma else 'loss=rals'}")
+        if t.r1_gamma != 0 or t.loss in RELATIVISTIC:
+            raise ValueError(f"GANTrainer: StarGAN uses neither R1 nor a relativistic loss; got "
+                             f"{'r1_gamma=' + str(t.r1_gamma) if t.r1_gamma else 'loss=' + t.loss}")
         self.k = k
 
     def check_data(self, data):

@@ -20,7 +20,8 @@ from . import reference
 from ._checks import check_choice, check_tensor
 from ._verify import verified
 
-KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
+KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals", "rpgan")
+RELATIVISTIC = ("rals", "rpgan")  # the kinds whose G loss reads the real logits too
 REDUCTIONS = ("mean", "sum")
 
 
@@ -35,6 +36,12 @@ def _check_device(fn, name, t, ref_name, ref):
     if t.device != ref.device:
         raise ValueError(f"{fn}: argument '{name}' is on {t.device} but '{ref_name}' is on {ref.device}; "
                          "move them to the same device")
+
+
+def _check_pairs(fn, name, t, ref_name, ref):
+    if t.shape != ref.shape:
+        raise ValueError(f"{fn}: kind 'rpgan' pairs real and fake logits one to one, so argument '{name}' "
+                         f"must have the shape of '{ref_name}': got {tuple(t.shape)} and {tuple(ref.shape)}")
 
 
 def _check_label(fn, name, v):
@@ -56,9 +63,10 @@ def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=
     """Discriminator loss: reduce(real terms) + reduce(fake terms), one kernel each way.
 
     kind: ns / minimax (BCE on real_label and fake_label), hinge, wgan, lsgan, rals (relativistic
-    average). reduction: "mean" (mean over each batch) or "sum". Logits of any shape, batch first;
-    real and fake batches may differ in size. real_label/fake_label (ns, minimax) give one-sided
-    label smoothing. return_stats=True returns (loss, {"d_real": mean sigmoid(real),
+    average), rpgan (relativistic pairing, RpGAN / R3GAN: softplus(fake_i - real_i) over pairs).
+    reduction: "mean" (mean over each batch, or over the pairs) or "sum". Logits of any shape, batch
+    first; real and fake batches may differ in size, except for rpgan (the same shape).
+    real_label/fake_label (ns, minimax) give one-sided label smoothing. return_stats=True returns (loss, {"d_real": mean sigmoid(real),
     "d_fake": mean sigmoid(fake)}) as tensors from the same pass (no host synchronisation).
     """
     fn = "fastgan.ops.d_loss"
@@ -69,6 +77,8 @@ def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=
     _check_label(fn, "real_label", real_label)
     _check_label(fn, "fake_label", fake_label)
     _check_device(fn, "fake_logits", fake_logits, "real_logits", real_logits)
+    if kind == "rpgan":
+        _check_pairs(fn, "fake_logits", fake_logits, "real_logits", real_logits)
     r, f = _promote(real_logits, fake_logits)
     loss, stats, _, _ = torch.ops.fastgan.gan_d_loss(r, f, kind, reduction, float(real_label),
                                                      float(fake_label), bool(return_stats))
@@ -82,20 +92,23 @@ def g_loss(fake_logits, kind="ns", *, real_logits=None, reduction="mean"):
     """Generator loss on the fake logits, one kernel each way.
 
     kind: ns (softplus(-fake), non-saturating), minimax (-softplus(fake) = log(1 - D(G(z)))),
-    hinge and wgan (-fake), lsgan ((fake - 1)^2 / 2), rals (the D loss with real and fake swapped;
-    needs real_logits). real_logits is ignored by the other kinds.
+    hinge and wgan (-fake), lsgan ((fake - 1)^2 / 2), rals and rpgan (the D loss with real and fake
+    swapped; they need real_logits, of fake_logits' shape for rpgan). real_logits is ignored by the
+    other kinds.
     """
     fn = "fastgan.ops.g_loss"
     _check_logits(fn, "fake_logits", fake_logits)
     check_choice(fn, "kind", kind, KINDS)
     check_choice(fn, "reduction", reduction, REDUCTIONS)
     real = None
-    if kind == "rals":
+    if kind in RELATIVISTIC:
         if real_logits is None:
-            raise ValueError(f"{fn}: kind 'rals' needs argument 'real_logits' (the relativistic loss "
-                             "compares fake logits with the mean real logit)")
+            raise ValueError(f"{fn}: kind '{kind}' needs argument 'real_logits' (the relativistic loss "
+                             "compares fake logits with real ones)")
         _check_logits(fn, "real_logits", real_logits)
         _check_device(fn, "real_logits", real_logits, "fake_logits", fake_logits)
+        if kind == "rpgan":
+            _check_pairs(fn, "real_logits", real_logits, "fake_logits", fake_logits)
         fake_logits, real = _promote(fake_logits, real_logits)
     elif real_logits is not None:
         check_tensor(fn, "real_logits", real_logits)
@@ -117,7 +130,7 @@ def _d_loss_fake(real, fake, kind, reduction, real_label, fake_label, stats):
 @torch.library.register_fake("fastgan::gan_g_loss")
 def _g_loss_fake(fake, real, kind, reduction):
     a = _acc(fake.dtype)
-    gr = real.new_empty(real.shape, dtype=a) if (kind == "rals" and real is not None) \
+    gr = real.new_empty(real.shape, dtype=a) if (kind in RELATIVISTIC and real is not None) \
         else fake.new_empty((0,), dtype=a)
     return fake.new_empty((), dtype=a), fake.new_empty(fake.shape, dtype=a), gr
 

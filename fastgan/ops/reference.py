@@ -51,13 +51,15 @@ def bias_act(x, b=None, *, act="linear", alpha=None, gain=None, clamp=None, dim=
 
 
 # ---- GAN losses and penalties ----------------------------------------------------------------
-LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
+LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals", "rpgan")
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
     """Exact log(1 + e^x) at every x (F.softplus returns x itself above its threshold of 20, off
-    by up to 2e-9, and log1p(exp(x)) overflows in float32 above 88)."""
-    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    by up to 2e-9, and log1p(exp(x)) overflows in float32 above 88), with the exact derivative
+    sigmoid(x) at x = 0 too (max(x, 0) + log1p(e^-|x|) gives 1 there: rpgan's pairs hit x = 0
+    whenever a real and a fake logit are equal)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 def _reduce(t: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -79,9 +81,11 @@ def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=
         lr, lf = 0.5 * (r - 1) ** 2, 0.5 * f ** 2
     elif kind == "rals":
         lr, lf = _softplus(-(r - f.mean())), _softplus(f - r.mean())
+    elif kind == "rpgan":  # one term per pair: the second side adds nothing
+        lr, lf = _softplus(-(r - f)), None
     else:
         raise ValueError(f"unknown kind {kind!r}")
-    loss = _reduce(lr, reduction) + _reduce(lf, reduction)
+    loss = _reduce(lr, reduction) + (0 if lf is None else _reduce(lf, reduction))
     if return_stats:
         return loss, {"d_real": torch.sigmoid(r).mean(), "d_fake": torch.sigmoid(f).mean()}
     return loss
@@ -101,6 +105,8 @@ def g_loss(fake_logits, kind="ns", *, real_logits=None, reduction="mean"):
     if kind == "rals":
         r = real_logits
         return _reduce(_softplus(-(f - r.mean())), reduction) + _reduce(_softplus(r - f.mean()), reduction)
+    if kind == "rpgan":
+        return _reduce(_softplus(-(f - real_logits)), reduction)
     raise ValueError(f"unknown kind {kind!r}")
 
 

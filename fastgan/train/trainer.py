@@ -19,10 +19,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..ops import _choose
+from ..ops.gan_loss import KINDS as LOSS_KINDS
 from . import checkpoint as ckpt
 from .data import make_batches
-
-LOSS_KINDS = ("ns", "minimax", "hinge", "wgan", "lsgan", "rals")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,7 +42,7 @@ class GANTrainer:
     it, `d_steps` discriminator updates, each on a real batch and a fresh fake batch (+ R1 on the
     reals when `r1_gamma` > 0 and R2 on the fakes when `r2_gamma` > 0, both every `r1_every` steps,
     or + WGAN-GP when `gp_weight` > 0), then one generator update on the last fake batch (the
-    discriminator frozen). `loss` is one of ns, minimax, hinge, wgan, lsgan, rals
+    discriminator frozen). `loss` is one of ns, minimax, hinge, wgan, lsgan, rals, rpgan
     (fastgan.ops.d_loss / g_loss). pack=m (PacGAN): D judges m samples at once, concatenated along
     channels (images) or features (vectors), reals and fakes alike, so D takes m times the samples'
     channels; its logits, losses and penalties are per pack. Networks an objective adds (InfoGAN's Q
