@@ -43,7 +43,8 @@ TRANSLATION = ("cyclegan", "stargan")  # image-to-image models: --data A:B[:C...
 STAR_DOMAINS = "digits:digits-m:digits-inv:digits-thick"  # StarGAN's default: the four digit domains
 STAR_IDENTITY = 5.0  # StarGAN's identity loss on the CLI (docs/stargan.md: without it, translations lose the digit)
 # --recipe r3gan's gamma (R1 and R2) per model (docs/training.md, "The r3gan recipe"): mlp measured
-# on ring8 (0.01 against 0.1 and 1); dcgan R3GAN's CIFAR-10 start value (32 px images in [-1, 1])
+# on ring8 (0.01 and 0.1 with the recipe; 1 failed without the decay); dcgan R3GAN's CIFAR-10 start
+# value (32 px images in [-1, 1])
 R3GAN_GAMMA = {"mlp": 0.01, "dcgan": 0.05}
 
 
@@ -122,6 +123,8 @@ def _cmd_train(args) -> int:
     if args.recipe is not None and model not in R3GAN_GAMMA:
         raise CLIError(f"--recipe {args.recipe} trains --model {' or '.join(R3GAN_GAMMA)} (the plain GAN's step); "
                        f"drop it for {model}")
+    if args.lr_decay and model not in R3GAN_GAMMA:
+        raise CLIError(f"--lr-decay applies to --model dcgan and mlp (the plain GAN's step); drop it for {model}")
     if translation:
         return _train_translation(args, ds)
     if args.pack > 1 and model not in ("dcgan", "mlp"):
@@ -176,11 +179,9 @@ def _cmd_train(args) -> int:
             G = models.MLPGenerator(z_dim, ds.x.shape[1], width)
             D = models.MLPDiscriminator(ds.x.shape[1] * args.pack, width)
     objective = None
-    if args.lr_decay or args.recipe:
-        if model not in ("dcgan", "mlp"):
-            raise CLIError(f"--lr-decay applies to --model dcgan and mlp (the plain GAN's step); drop it for {model}")
+    if args.lr_decay or args.recipe:  # over the second half (no decay in a run shorter than 2 steps)
         from fastgan.objectives import GAN
-        objective = GAN(decay=(steps // 2, steps))
+        objective = GAN(decay=_decay(steps))
     if model in CONDITIONAL:
         from fastgan.objectives import Conditional
         objective = Conditional(classes)
@@ -199,11 +200,12 @@ def _cmd_train(args) -> int:
         objective = ProGAN(max(1, steps // (2 * G.levels + 1)))
         if args.gp_weight is None:
             args.gp_weight = 10.0  # the paper's WGAN-GP
-    # R1: the MLP GANs (0.1) and the AAE's latent game (1.0, on the prior draws: steadier code matching)
+    # R1: the MLP GANs (0.1) and the AAE's latent game (1.0, on the prior draws: steadier code matching);
+    # an explicit --gp-weight replaces the recipe's R1 + R2
     r1 = args.r1_gamma if args.r1_gamma is not None else (
-        R3GAN_GAMMA[model] if args.recipe else 0.0 if args.gp_weight else 1.0 if model == "aae" else 0.0 if image
+        0.0 if args.gp_weight else R3GAN_GAMMA[model] if args.recipe else 1.0 if model == "aae" else 0.0 if image
         else 0.1)
-    if args.recipe and args.r2_gamma is None:
+    if args.recipe and args.r2_gamma is None and not args.gp_weight:
         args.r2_gamma = r1  # R3GAN: the same gamma on both sides
     # EMA: images, and the conditional MLP (whose raw generator swings between evaluations)
     ema = args.ema_decay if args.ema_decay is not None else (0.99 if image or model == "cmlp" else 0.0)
@@ -223,6 +225,12 @@ def _cmd_train(args) -> int:
         print(f"fastgan: note: {steps} steps end before the {size}x{size} level is grown (--steps >= "
               f"{2 * G.levels + 1} for progan); samples are shown upsampled", flush=True)
     return _fit(args, tr, ds, model, steps, batch, width, getattr(G, "config", {}).get("image_size"))
+
+
+def _decay(steps: int):
+    """The rates' linear decay to 0 over the second half of `steps` (None below 2 steps: nothing to decay;
+    a negative --steps is then refused by the trainer)."""
+    return (steps // 2, steps) if steps >= 2 else None
 
 
 def _steps(args, image: bool) -> int:
@@ -267,7 +275,7 @@ def _train_translation(args, ds) -> int:
         layers = models.patch_layers(size)
         G, F = models.ResnetGenerator(c, c, width, blocks), models.ResnetGenerator(c, c, width, blocks)
         D_B, D_A = models.PatchDiscriminator(c, width, layers), models.PatchDiscriminator(c, width, layers)
-        objective = CycleGAN(F, D_A, decay=(steps // 2, steps),
+        objective = CycleGAN(F, D_A, decay=_decay(steps),
                              identity=0.5 if args.identity is None else args.identity)
         lr = args.lr or 2e-4
         tr = _trainer(args, G, D_B, 1, args.loss or "lsgan", args.lr_g or lr, args.lr_d or lr,
@@ -277,7 +285,7 @@ def _train_translation(args, ds) -> int:
     k = len(ds.domains)
     G = models.StarGenerator(c, k, width, blocks)
     D = models.StarDiscriminator(c, k, size, width)
-    objective = StarGAN(decay=(steps // 2, steps), names=ds.names,
+    objective = StarGAN(decay=_decay(steps), names=ds.names,
                         identity=STAR_IDENTITY if args.identity is None else args.identity)
     lr = args.lr or 1e-4
     if args.gp_weight is None:
@@ -640,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dcgan, mlp: both rates decay linearly to 0 over the second half of --steps")
     pt.add_argument("--recipe", choices=("r3gan",), default=None,
                     help="r3gan: R3GAN's objective (Huang et al. 2025) for dcgan and mlp: --loss rpgan, R1 and R2 with "
-                    "one gamma (%s), Adam betas (0, 0.99), --lr-decay; flags given explicitly override it"
+                    "one gamma (%s), Adam betas (0, 0.99), --lr-decay; an explicit --loss, --r1-gamma, --r2-gamma or "
+                    "--gp-weight overrides its value"
                     % ", ".join(f"{g:g} {m}" for m, g in R3GAN_GAMMA.items()))
     pt.add_argument("--pack", type=int, default=1,
                     help="PacGAN: D judges M samples at once, concatenated (dcgan, mlp; the batch size a multiple of M)")

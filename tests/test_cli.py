@@ -97,7 +97,7 @@ def test_resume_and_existing_out(tmp_path, capsys):
     (["train", "--model", "infogan", "--recipe", "r3gan"], "--recipe r3gan trains --model mlp or dcgan"),
     (["train", "--model", "cyclegan", "--recipe", "r3gan"], "drop it for cyclegan"),
     (["train", "--model", "cdcgan", "--lr-decay"], "--lr-decay applies to --model dcgan and mlp"),
-    (["train", "--data", "ring8", "--recipe", "r3gan", "--gp-weight", "1"], "or WGAN-GP ('gp_weight'), not both"),
+    (["train", "--model", "stargan", "--lr-decay"], "--lr-decay applies to --model dcgan and mlp"),
     (["train", "--steps", "ten"], "argument --steps: invalid int value"),
     (["sample", "--checkpoint", "missing.pt"], "no such checkpoint"),
     (["sample"], "--checkpoint"),
@@ -152,15 +152,23 @@ def test_recipe_r3gan(tmp_path, capsys):
     """--recipe r3gan: rpgan, R1 = R2 at the model's gamma, Adam (0, 0.99), the rates decayed over the
     second half; explicit flags win."""
     from fastgan.cli import R3GAN_GAMMA
-    for argv, model, extra in ((RING, "mlp", []), (DIGITS, "dcgan", []), (RING, "mlp", ["--r2-gamma", "0.3"])):
-        out = str(tmp_path / f"run{len(extra)}{model}")
+    for argv, model, extra, pen in ((RING, "mlp", [], None), (DIGITS, "dcgan", [], None),
+                                    (RING, "mlp", ["--r2-gamma", "0.3"], (R3GAN_GAMMA["mlp"], 0.3, 0.0)),
+                                    (RING, "mlp", ["--gp-weight", "2"], (0.0, 0.0, 2.0))):
+        out = str(tmp_path / f"run{len(extra)}{model}{pen}")
         rc, o, e = run_cli(["train", *argv, "--steps", "2", "--out", out, "--quiet", "--recipe", "r3gan", *extra],
                            capsys)
         assert rc == 0, e
         cfg = json.load(open(os.path.join(out, "config.json")))["trainer"]
         g = R3GAN_GAMMA[model]
-        assert (cfg["loss"], cfg["r1_gamma"], cfg["r2_gamma"], cfg["betas"], cfg["decay"]) == \
-            ("rpgan", g, 0.3 if extra else g, [0.0, 0.99], [1, 2])
+        assert (cfg["loss"], cfg["betas"], cfg["decay"]) == ("rpgan", [0.0, 0.99], [1, 2])
+        assert (cfg["r1_gamma"], cfg["r2_gamma"], cfg["gp_weight"]) == (pen or (g, g, 0.0))
+    # a run of one step has nothing to decay; a negative one is refused in one line
+    rc, o, e = run_cli(["train", *RING, "--steps", "1", "--out", str(tmp_path / "one"), "--quiet", "--lr-decay"],
+                       capsys)
+    assert rc == 0, e
+    rc, o, e = run_cli(["train", *RING, "--steps", "-3", "--out", str(tmp_path / "neg"), "--recipe", "r3gan"], capsys)
+    assert rc == 2 and "'steps'" in e and "Traceback" not in e
 
 
 def test_pack(tmp_path, capsys):

@@ -353,15 +353,19 @@ def test_gan_loss_grid_version(kind, dtype):
     real = (torch.randn(150_001, dtype=F64) * 3).to(dtype)
     fake = (torch.randn(150_001 if kind == "rpgan" else 70_000, dtype=F64) * 3).to(dtype)
     rel = kind in ("rals", "rpgan")
-    outs = simt.schedules(lambda: S.gan_d_loss(real, fake, kind, "mean", 1.0, 0.0, True)[:3]
-                          + S.gan_g_loss(fake, real if rel else None, kind, "mean")[:2])
+    outs = simt.schedules(lambda: S.gan_d_loss(real, fake, kind, "mean", 1.0, 0.0, True)
+                          + S.gan_g_loss(fake, real if rel else None, kind, "mean"))
     same_bits(outs)
-    d, stats, gr, g, gf = outs[0]
+    d, stats, gr, gdf, g, gf, ggr = outs[0]
     rr, ff = real.double().requires_grad_(), fake.double().requires_grad_()
     want_d = R.d_loss(rr, ff, kind)
     want_g = R.g_loss(ff, kind, real_logits=rr if rel else None)
-    (want_gr,) = torch.autograd.grad(want_d, rr)
-    (want_gf,) = torch.autograd.grad(want_g, ff)
+    want_gr, want_gdf = torch.autograd.grad(want_d, (rr, ff))
+    want_gf, want_ggr = torch.autograd.grad(want_g, (ff, rr), allow_unused=True)
+    torch.testing.assert_close(gdf.double(), want_gdf, rtol=1e-4, atol=1e-10)
+    torch.testing.assert_close(stats[1].double(), torch.sigmoid(fake.double()).mean(), rtol=1e-5, atol=1e-7)
+    if rel:
+        torch.testing.assert_close(ggr.double(), want_ggr, rtol=1e-4, atol=1e-10)
     torch.testing.assert_close(d.double(), want_d.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g.double(), want_g.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gr.double(), want_gr, rtol=1e-4, atol=1e-10)

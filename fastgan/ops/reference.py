@@ -82,6 +82,8 @@ def d_loss(real_logits, fake_logits, kind="ns", *, reduction="mean", real_label=
     elif kind == "rals":
         lr, lf = _softplus(-(r - f.mean())), _softplus(f - r.mean())
     elif kind == "rpgan":  # one term per pair: the second side adds nothing
+        if r.shape != f.shape:
+            raise ValueError(f"rpgan pairs real and fake logits: shapes {tuple(r.shape)} and {tuple(f.shape)}")
         lr, lf = _softplus(-(r - f)), None
     else:
         raise ValueError(f"unknown kind {kind!r}")
@@ -106,6 +108,8 @@ def g_loss(fake_logits, kind="ns", *, real_logits=None, reduction="mean"):
         r = real_logits
         return _reduce(_softplus(-(f - r.mean())), reduction) + _reduce(_softplus(r - f.mean()), reduction)
     if kind == "rpgan":
+        if real_logits.shape != f.shape:
+            raise ValueError(f"rpgan pairs real and fake logits: shapes {tuple(real_logits.shape)} and {tuple(f.shape)}")
         return _reduce(_softplus(-(f - real_logits)), reduction)
     raise ValueError(f"unknown kind {kind!r}")
 
