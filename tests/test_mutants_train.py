@@ -191,7 +191,7 @@ def _nets():
 
 @pytest.mark.parametrize("kw, err, msg", [
     (dict(loss="nope"), ValueError,
-     "GANTrainer: argument 'loss' must be one of ns, minimax, hinge, wgan, lsgan, rals; got 'nope'"),
+     "GANTrainer: argument 'loss' must be one of ns, minimax, hinge, wgan, lsgan, rals, rpgan; got 'nope'"),
     (dict(z_dim=0), ValueError, "GANTrainer: argument 'z_dim' must be a positive number, got 0"),
     (dict(z_dim=True), ValueError, "GANTrainer: argument 'z_dim' must be a positive number, got True"),
     (dict(z_dim=2.0), ValueError, "GANTrainer: argument 'z_dim' must be a positive number, got 2.0"),
