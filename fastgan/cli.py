@@ -109,7 +109,7 @@ def _cmd_train(args) -> int:
             ds = fdata.load_domains(args.data, args.image_size or (16 if digits else None))
         else:
             probe = args.image_size
-            if probe is None and args.data in fdata.DIGIT_DOMAINS:
+            if probe is None and args.data in fdata.DIGIT_DOMAINS + ("stacked-digits",):
                 probe = 32
             ds = fdata.load_dataset(args.data, probe)
     except (FileNotFoundError, fdata.DatasetError, ValueError, TypeError) as e:
@@ -602,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("train", help="train a GAN; writes samples, curves, metrics and checkpoints",
                         description="Train a GAN (default: a DCGAN on the bundled digits, on the best device).")
-    pt.add_argument("--data", default=None, help="digits | digits-m | digits-inv | digits-thick | ring8 | grid25 | "
-                    "PATH (image folder, MNIST IDX, CIFAR batches, .npy/.npz); translation models: A:B[:C...], "
+    pt.add_argument("--data", default=None, help="digits | digits-m | digits-inv | digits-thick | stacked-digits (1,000 modes: "
+                    "three digits as RGB) | ring8 | grid25 | PATH (image folder, MNIST IDX, CIFAR batches, .npy/.npz); translation models: A:B[:C...], "
                     "several of those (default: digits; cyclegan: digits:digits-m; stargan: the four digit domains)")
     pt.add_argument("--model", choices=("dcgan", "cdcgan", "infogan", "aae", "vae", "progan", "mlp", "cmlp",
                                         "cyclegan", "stargan"),
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--batch-size", type=int, default=None, help="per process (default: 64 dcgan, 100 mlp; "
                     "cyclegan 8; stargan 4 per domain)")
     pt.add_argument("--image-size", type=int, default=None,
-                    help="16, 32, 64 or 128 (default: 32 for digits); translation models: any multiple of 4 from 16 "
+                    help="16, 32, 64 or 128 (default: 32 for digits and stacked-digits); translation models: any multiple of 4 from 16 "
                     "(default: 16 for the digit domains)")
     pt.add_argument("--width", type=int, default=None, help="model width (default: 32 up to 32 px, else 64; mlp 128; "
                     "translation models 16 up to 32 px, 32 up to 64, else 64)")

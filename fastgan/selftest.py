@@ -15,6 +15,7 @@ import torch
 import fastgan
 from fastgan.ops import reference as R
 from fastgan.ops.bias_act import ref_kind
+from fastgan.ops.gan_loss import KINDS, RELATIVISTIC
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Allowed |got - want| <= atol + rtol * |want|, by dtype (the reference is computed in float64 from the
@@ -215,16 +216,16 @@ def sweep_conv_transpose(c, device, dtype, quick=False, narrow=False):
 def sweep_gan_loss(c, device, dtype, quick=False, large=True):
     sizes = [1, 513, 5000] + ([300_000] if large else [])
     for n in sizes:
-        for kind in ("ns", "minimax", "hinge", "wgan", "lsgan", "rals", "rpgan"):
+        for kind in KINDS:
             real = _randn((n,), dtype, device, scale=3, seed=10).requires_grad_(True)
             nf = n if kind == "rpgan" else n // 2 + 1  # rpgan pairs them one to one
             fake = _randn((nf,), dtype, device, scale=3, seed=11).requires_grad_(True)
             d = fastgan.ops.d_loss(real, fake, kind)
-            g = fastgan.ops.g_loss(fake, kind, real_logits=real if kind in ("rals", "rpgan") else None)
+            g = fastgan.ops.g_loss(fake, kind, real_logits=real if kind in RELATIVISTIC else None)
             gr, gf = _grads(d + g, (real, fake), None)
             rr, ff = real.detach().double().cpu().requires_grad_(), fake.detach().double().cpu().requires_grad_()
             dr = R.d_loss(rr, ff, kind)
-            gg = R.g_loss(ff, kind, real_logits=rr if kind in ("rals", "rpgan") else None)
+            gg = R.g_loss(ff, kind, real_logits=rr if kind in RELATIVISTIC else None)
             grr, gfr = _grads(dr + gg, (rr, ff), None)
             what = f"n={n} {kind}"
             acc_tol = TOL[torch.float64 if dtype == torch.float64 else torch.float32]  # losses accumulate in fp32

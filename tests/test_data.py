@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastgan.data import DatasetError, load_dataset, read_idx
+from fastgan.data import DatasetError, digits, load_dataset, read_idx, stacked_digits
 
 
 def test_digits():
@@ -18,6 +18,33 @@ def test_digits():
     x, y = d[3]
     assert x.shape == (1, 32, 32) and int(y) == 3
     assert load_dataset("digits").x.shape[-1] == 8
+
+
+def test_stacked_digits():
+    """Three independently drawn bundled digits as the channels: every channel is one of the digits
+    images, labelled by its digit; y is the mode 100 d0 + 10 d1 + d2; the draws follow the seed."""
+    base = digits(16)
+    d = stacked_digits(n=6000, image_size=16, seed=3)
+    assert d.x.shape == (6000, 3, 16, 16) and d.x.dtype == torch.float32 and d.kind == "image"
+    assert d.channel_labels.shape == (6000, 3) and d.num_classes <= 1000
+    assert torch.equal(d.y, d.channel_labels[:, 0] * 100 + d.channel_labels[:, 1] * 10 + d.channel_labels[:, 2])
+    flat = base.x.flatten(1)
+    for i in (0, 17, 5999):
+        for c in range(3):  # the channel is a bundled digit image, with that image's label
+            j = int((flat - d.x[i, c].flatten()).abs().sum(1).argmin())
+            assert torch.equal(base.x[j, 0], d.x[i, c]) and int(base.y[j]) == int(d.channel_labels[i, c])
+    counts = torch.bincount(d.channel_labels.flatten(), minlength=10)
+    assert counts.min() > 0.08 * 18000 and counts.max() < 0.12 * 18000  # digits about equally likely per channel
+    assert len(d.y.unique()) > 990  # 6,000 draws over 1,000 modes: about 2.5 modes missed on average
+    # channels are independent: the first channel's digit says nothing about the second's
+    joint = torch.bincount(d.channel_labels[:, 0] * 10 + d.channel_labels[:, 1], minlength=100).double()
+    assert joint.min() > 0.5 * 60 and joint.max() < 1.6 * 60
+    again = stacked_digits(n=6000, image_size=16, seed=3)
+    assert torch.equal(again.x, d.x) and not torch.equal(stacked_digits(n=6000, image_size=16, seed=4).y, d.y)
+    full = load_dataset("stacked-digits", 8)
+    assert full.x.shape == (50_000, 3, 8, 8) and full.name == "stacked-digits"
+    with pytest.raises(ValueError, match="argument 'n' must be a positive int"):
+        stacked_digits(n=0)
 
 
 @pytest.mark.parametrize("name,k,std,radius", [("ring8", 8, 0.01, 1.0), ("grid25", 25, 0.05, 4 * 2 ** 0.5)])

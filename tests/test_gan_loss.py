@@ -336,6 +336,17 @@ def test_bad_inputs():
         torch.ops.fastgan.gan_g_loss(r, r[:, None], "rpgan", "mean")
     with pytest.raises(RuntimeError, match="argument 'real'.*non-empty"):
         torch.ops.fastgan.gan_d_loss(r[:0], f, "ns", "mean", 1.0, 0.0, False)
+    # and so do their fake kernels (torch.compile, FakeTensorMode): the same checks, the same words
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fr, ff = mode.from_tensor(r), mode.from_tensor(f)
+        with pytest.raises(RuntimeError, match=r"argument 'fake'.*rpgan.*shape of 'real': got \[3\] and \[4\]"):
+            torch.ops.fastgan.gan_d_loss(fr, ff, "rpgan", "mean", 1.0, 0.0, False)
+        with pytest.raises(RuntimeError, match=r"argument 'real'.*rpgan.*shape of 'fake': got \[4, 1\] and \[4\]"):
+            torch.ops.fastgan.gan_g_loss(fr, fr[:, None], "rpgan", "mean")
+        with pytest.raises(RuntimeError, match="argument 'real'.*rals generator loss needs the real logits"):
+            torch.ops.fastgan.gan_g_loss(ff, None, "rals", "mean")
+        assert torch.ops.fastgan.gan_d_loss(fr, fr, "rpgan", "mean", 1.0, 0.0, False)[2].shape == (4,)
     with pytest.raises(RuntimeError, match="argument 'grad'"):
         torch.ops.fastgan.gan_loss_backward(torch.ones(2, dtype=F64), r, f, F64)
     with pytest.raises(RuntimeError, match="argument 'g'"):

@@ -114,7 +114,8 @@ def test_load_dataset_argument_errors(tmp_path):
         load_dataset("digits", True)
     missing = str(tmp_path / "nope")
     with _raises(FileNotFoundError, f"no such dataset: {missing!r} is neither a built-in "
-                                    "(digits, digits-m, digits-inv, digits-thick, ring8, grid25) nor an existing file or folder"):
+                                    "(digits, digits-m, digits-inv, digits-thick, stacked-digits, ring8, grid25) "
+                                    "nor an existing file or folder"):
         load_dataset(missing)
 
 

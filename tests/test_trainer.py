@@ -299,6 +299,27 @@ def test_signal_finishes_step_and_checkpoints(digits16, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
+class _Counting:
+    """An evaluator that asks for its own sample count and records what it was given."""
+
+    def __init__(self, n_samples):
+        self.n_samples, self.seen = n_samples, []
+
+    def __call__(self, fake):
+        self.seen.append(tuple(fake.shape))
+        return {"n": len(fake)}
+
+
+@pytest.mark.parametrize("n, want", [(37, 37), (None, 1000)])
+def test_evaluator_sample_count(digits16, tmp_path, n, want):
+    """The trainer scores `evaluator.n_samples` samples (stacked-digits asks for PacGAN's 26,000);
+    without the attribute, 1,000 images."""
+    t = tiny()
+    ev = _Counting(n)
+    t.fit(digits16, 2, 8, out_dir=str(tmp_path / "run"), sample_every=2, evaluator=ev, progress=False)
+    assert ev.seen == [(want, 1, 16, 16)] and t.history[-1]["eval"] == {"n": want}
+
+
 def test_sample_does_not_touch_training(digits16):
     t = tiny()
     t.fit(digits16, 2, 8, progress=False)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-BUILTIN = ("digits", "digits-m", "digits-inv", "digits-thick", "ring8", "grid25")
+BUILTIN = ("digits", "digits-m", "digits-inv", "digits-thick", "stacked-digits", "ring8", "grid25")
 #: the digits and the same digits as other image domains (translation models: --data digits:digits-m)
 DIGIT_DOMAINS = ("digits", "digits-m", "digits-inv", "digits-thick")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -26,12 +26,15 @@ class GANDataset(Dataset):
 
     kind: "image" (x is (N, C, H, W) in [-1, 1]) or "points" (x is (N, D)).
     For the Gaussian mixtures, `modes` (K, D) and `mode_std` describe the true distribution.
+    For stacked images (stacked-digits), `channel_labels` (N, C) is the class of each channel's image,
+    and `y` the mode they make together.
     """
 
     def __init__(self, x: torch.Tensor, y=None, *, name: str = "", kind: str = "image", modes=None,
-                 mode_std=None):
+                 mode_std=None, channel_labels=None):
         self.x, self.y, self.name, self.kind = x, y, name, kind
         self.modes, self.mode_std = modes, mode_std
+        self.channel_labels = channel_labels
 
     def __len__(self):
         return self.x.shape[0]
@@ -79,6 +82,21 @@ def digits(image_size=None) -> GANDataset:
     d = load_digits()
     x = torch.from_numpy(d.images).float()[:, None] / 16.0 * 2 - 1
     return GANDataset(_resize(x, image_size), torch.from_numpy(d.target).long(), name="digits")
+
+
+def stacked_digits(n: int = 50_000, image_size=None, seed: int = 0) -> GANDataset:
+    """StackedMNIST made from the bundled digits: each sample stacks three independently drawn digits
+    as its three channels, so the data has 10^3 = 1,000 equally likely modes (the construction of
+    VEEGAN and PacGAN's mode-collapse benchmark). `y` is the mode, 100 d0 + 10 d1 + d2, and
+    `channel_labels` the three digits; `seed` picks the draws."""
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"stacked_digits: argument 'n' must be a positive int, got {n!r}")
+    base = digits(image_size)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(base), (n, 3), generator=g)
+    labels = base.y[idx]
+    return GANDataset(base.x[:, 0][idx], (labels * torch.tensor([100, 10, 1])).sum(1), name="stacked-digits",
+                      channel_labels=labels)
 
 
 def digit_domain(name: str, image_size=None, seed: int = 0) -> GANDataset:
@@ -385,7 +403,8 @@ def load_dataset(name_or_path: str, image_size=None) -> GANDataset:
     """A built-in dataset by name, or a dataset on disk by path.
 
     Built-in: `digits` (8x8, resized to `image_size`), its domains `digits-m`, `digits-inv`,
-    `digits-thick` (see digit_domain), `ring8`, `grid25` (2-D points).
+    `digits-thick` (see digit_domain), `stacked-digits` (1,000 modes, see stacked_digits), `ring8`,
+    `grid25` (2-D points).
     On disk: a folder of PNG/JPEG images (recursive; resized and centre-cropped to `image_size`,
     default 64; first-level sub-folders become labels), MNIST/Fashion-MNIST IDX files (raw or .gz;
     the images file or its folder; labels are read when next to it), a CIFAR-10/100 python batch
@@ -398,6 +417,8 @@ def load_dataset(name_or_path: str, image_size=None) -> GANDataset:
         raise ValueError(f"load_dataset: argument 'image_size' must be a positive int or None, got {image_size!r}")
     if name_or_path in DIGIT_DOMAINS:
         return digit_domain(name_or_path, image_size)
+    if name_or_path == "stacked-digits":
+        return stacked_digits(image_size=image_size)
     if name_or_path == "ring8":
         return ring8()
     if name_or_path == "grid25":

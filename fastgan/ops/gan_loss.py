@@ -120,8 +120,17 @@ def _acc(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
+def _check_paired_fake(t, other, arg, other_arg):
+    """The op's own rpgan shape check (csrc/gan_loss/gan_loss.h check_paired), for traced calls."""
+    torch._check(tuple(t.shape) == tuple(other.shape), lambda: (
+        f"fastgan: argument '{arg}': the rpgan loss pairs real and fake logits one to one, so '{arg}' must have "
+        f"the shape of '{other_arg}': got {list(t.shape)} and {list(other.shape)}"))
+
+
 @torch.library.register_fake("fastgan::gan_d_loss")
 def _d_loss_fake(real, fake, kind, reduction, real_label, fake_label, stats):
+    if kind == "rpgan":
+        _check_paired_fake(fake, real, "fake", "real")
     a = _acc(real.dtype)
     return (real.new_empty((), dtype=a), real.new_empty((2 if stats else 0,), dtype=a),
             real.new_empty(real.shape, dtype=a), fake.new_empty(fake.shape, dtype=a))
@@ -129,6 +138,11 @@ def _d_loss_fake(real, fake, kind, reduction, real_label, fake_label, stats):
 
 @torch.library.register_fake("fastgan::gan_g_loss")
 def _g_loss_fake(fake, real, kind, reduction):
+    if kind in RELATIVISTIC:
+        torch._check(real is not None, lambda: f"fastgan: argument 'real': the {kind} generator loss needs the "
+                     "real logits")
+        if kind == "rpgan":
+            _check_paired_fake(real, fake, "real", "fake")
     a = _acc(fake.dtype)
     gr = real.new_empty(real.shape, dtype=a) if (kind in RELATIVISTIC and real is not None) \
         else fake.new_empty((0,), dtype=a)

@@ -334,8 +334,9 @@ class GANTrainer:
 
         data: a tensor of samples, a Dataset (items `x` or `(x, label)`) or a DataLoader.
         out_dir: where metrics.jsonl, samples.png (fixed noise), curves.png and checkpoints/ go.
-        evaluator: a callable fake-samples -> dict of metrics run every `sample_every` steps;
-        by default chosen from a fastgan.data.GANDataset (mode coverage or Fréchet distance).
+        evaluator: a callable fake-samples -> dict of metrics run every `sample_every` steps on
+        its `n_samples` attribute's count of samples (default 2,500 points or 1,000 images); by
+        default chosen from a fastgan.data.GANDataset (mode coverage or Fréchet distance).
         Returns the history (a list of dicts: one per log, and one per evaluation).
         SIGINT / SIGTERM finish the current step, write a checkpoint and return (`self.interrupted`
         holds the signal number).
@@ -457,7 +458,7 @@ class GANTrainer:
         fake = self.sample(len(z), z=z, y=y)
         save_samples(fake, os.path.join(out_dir, "samples.png"), self._modes, title=f"step {self.step}", nrow=cols)
         if evaluator is not None:
-            n = 2500 if fake.dim() == 2 else 1000
+            n = getattr(evaluator, "n_samples", None) or (2500 if fake.dim() == 2 else 1000)
             g = torch.Generator(device="cpu").manual_seed(self.seed + 7)
             y = self.objective.sample_labels(n)  # conditional: every class equally, and scored per class
             many = self.sample(n, z=torch.randn(n, self.z_dim, generator=g), y=y)
