@@ -12,6 +12,7 @@ inline const char* const kOps[] = {
     "class_batch_norm_act", "class_batch_norm_act_backward",
     "conv_transpose2d_act",
     "gan_d_loss", "gan_g_loss", "gan_loss_backward", "grad_penalty", "grad_penalty_backward",
+    "diff_augment", "diff_augment_backward",
 };
 
 inline void define_ops(torch::Library& m) {
@@ -82,6 +83,12 @@ inline void define_ops(torch::Library& m) {
   m.def("grad_penalty(Tensor g, float center, float weight, bool squared) -> (Tensor, Tensor)");
   m.def("grad_penalty_backward(Tensor grad, Tensor g, Tensor norms, float center, float weight,"
         " bool squared) -> Tensor");
+  // ---- diff_augment: y = G(A x + b) per sample (csrc/diff_augment/diff_augment.h) ---------------
+  // x (N, C, H, W); params (N, 7) float32 rows (b, s, k, ty, tx, top, left); cutout (height, width).
+  // bias false drops b (the op is then linear in x: the backward's backward). y is laid out like x.
+  m.def("diff_augment(Tensor x, Tensor params, int[2] cutout, bool bias) -> Tensor");
+  // gx = A G^T grad, laid out like grad.
+  m.def("diff_augment_backward(Tensor grad, Tensor params, int[2] cutout) -> Tensor");
 }
 
 }  // namespace fastgan

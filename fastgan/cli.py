@@ -39,6 +39,7 @@ def _cmd_selftest(args) -> int:
 CONDITIONAL = ("cmlp", "cdcgan")  # models trained with fastgan.objectives.Conditional
 AUTOENCODERS = ("aae", "vae")  # an encoder beside the DCGAN generator (the decoder)
 INFO_CODES = (10, 2)  # InfoGAN on digits: one 10-way categorical code, two continuous ones
+AUGMENTED = ("dcgan", "cdcgan", "progan")  # the image GANs whose step is the plain GAN's (D judges images)
 TRANSLATION = ("cyclegan", "stargan")  # image-to-image models: --data A:B[:C...] (unpaired domains)
 STAR_DOMAINS = "digits:digits-m:digits-inv:digits-thick"  # StarGAN's default: the four digit domains
 STAR_IDENTITY = 5.0  # StarGAN's identity loss on the CLI (docs/stargan.md: without it, translations lose the digit)
@@ -125,6 +126,17 @@ def _cmd_train(args) -> int:
                        f"drop it for {model}")
     if args.lr_decay and model not in R3GAN_GAMMA:
         raise CLIError(f"--lr-decay applies to --model dcgan and mlp (the plain GAN's step); drop it for {model}")
+    for flag, v in (("--augment-policy", args.augment_policy), ("--augment-p", args.augment_p),
+                    ("--ada-target", args.ada_target)):
+        if v is not None and args.augment is None:
+            raise CLIError(f"{flag} sets up --augment; add --augment diffaug or ada, or drop {flag}")
+    if args.augment_p is not None and args.augment != "diffaug":
+        raise CLIError("--augment-p is --augment diffaug's fixed probability (ada tunes its own); drop it")
+    if args.ada_target is not None and args.augment != "ada":
+        raise CLIError("--ada-target applies to --augment ada; drop it")
+    if args.augment is not None and model not in AUGMENTED:
+        raise CLIError(f"--augment applies to the image GANs whose D judges images ({', '.join(AUGMENTED)}); drop "
+                       f"it for {model}")
     if translation:
         return _train_translation(args, ds)
     if args.pack > 1 and model not in ("dcgan", "mlp"):
@@ -244,10 +256,17 @@ def _trainer(args, G, D, z_dim, loss, lr_g, lr_d, r1, ema, objective, betas=(0.5
                           lr_g=lr_g, lr_d=lr_d, betas=betas, r1_gamma=r1, r1_every=args.r1_every,
                           r2_gamma=args.r2_gamma or 0.0, gp_weight=0.0 if args.gp_weight is None else args.gp_weight,
                           ema_decay=ema, amp=args.amp, device=args.device, seed=args.seed,
-                          compile=args.compile, objective=objective, pack=args.pack)
+                          compile=args.compile, objective=objective, pack=args.pack, augment=args.augment,
+                          augment_policy=args.augment_policy or "color,translation,cutout",
+                          augment_p=1.0 if args.augment_p is None else args.augment_p,
+                          ada_target=0.6 if args.ada_target is None else args.ada_target)
     except (ValueError, TypeError) as e:
         msg = str(e).replace("GANTrainer: argument ", "argument ")
-        raise CLIError(msg.replace("drop 'r2_gamma'", "drop --r2-gamma").replace("drop 'pack'", "drop --pack")) from None
+        for arg, flag in (("r2_gamma", "--r2-gamma"), ("pack", "--pack"), ("augment", "--augment")):
+            msg = msg.replace(f"drop '{arg}'", f"drop {flag}")
+        for arg, flag in (("policy", "--augment-policy"), ("augment_p", "--augment-p"), ("ada_target", "--ada-target")):
+            msg = msg.replace(f"argument '{arg}'", flag)
+        raise CLIError(msg) from None
 
 
 def _train_translation(args, ds) -> int:
@@ -651,6 +670,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "one gamma (%s), Adam betas (0, 0.99), --lr-decay; an explicit --loss, --r1-gamma, --r2-gamma or "
                     "--gp-weight overrides its value"
                     % ", ".join(f"{g:g} {m}" for m, g in R3GAN_GAMMA.items()))
+    pt.add_argument("--augment", choices=("diffaug", "ada"), default=None,
+                    help="augment what D sees, reals and fakes alike (dcgan, cdcgan, progan): diffaug: DiffAugment "
+                    "(each transform of --augment-policy applied with probability --augment-p); ada: the probability "
+                    "tuned toward --ada-target from the sign of D's real logits (small datasets)")
+    pt.add_argument("--augment-policy", default=None, help="with --augment: some of color, translation, cutout, "
+                    "comma-separated (default: all three)")
+    pt.add_argument("--augment-p", type=float, default=None, help="--augment diffaug: the probability (default 1)")
+    pt.add_argument("--ada-target", type=float, default=None, help="--augment ada: the target of E[sign D(x)] "
+                    "(default 0.6, ADA's)")
     pt.add_argument("--pack", type=int, default=1,
                     help="PacGAN: D judges M samples at once, concatenated (dcgan, mlp; the batch size a multiple of M)")
     pt.add_argument("--r1-every", type=int, default=1, help="lazy R1 and R2: every K steps, scaled by K")

@@ -252,9 +252,30 @@ def sweep_penalty(c, device, dtype, quick=False):
             c.cases += 1
 
 
+def sweep_diff_augment(c, device, dtype, quick=False):
+    shapes = ((1, 3, 1, 1), (5, 3, 16, 16), (3, 4, 9, 7)) + (() if quick else ((64, 3, 32, 32),))
+    for k, shape in enumerate(shapes):
+        for cl in (False, True):
+            x = _randn(shape, dtype, device, scale=0.5, seed=13 + k)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
+            params, hw = fastgan.ops.diff_augment_params(x, p=0.9, generator=torch.Generator().manual_seed(k))
+            y = fastgan.ops.diff_augment_apply(x, params.to(x.device), hw)
+            gy = _randn(shape, dtype, device, seed=14 + k)
+            (gx,) = _grads(y, (x,), gy)
+            xr = x.detach().double().cpu().requires_grad_()
+            want = R.diff_augment_apply(xr, params, hw)
+            (gxr,) = _grads(want, (xr,), gy.double().cpu())
+            what = f"{shape}{' channels_last' if cl else ''}"
+            c.close(y, want, what + " y", scale=4)
+            c.close(gx, gxr, what + " grad x", scale=4)
+            c.cases += 1
+
+
 OPS = {"bias_act": sweep_bias_act, "batch_norm_act": sweep_batch_norm_act, "instance_norm_act": sweep_instance_norm_act,
        "conv_transpose2d_act": sweep_conv_transpose, "gan_loss": sweep_gan_loss,
-       "grad_penalty": sweep_penalty}
+       "grad_penalty": sweep_penalty, "diff_augment": sweep_diff_augment}
 
 
 # ---- backends ---------------------------------------------------------------------------------------------

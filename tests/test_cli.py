@@ -351,6 +351,9 @@ builds = {
                         {"loss": "wgan", "gp_weight": 10.0, "d_steps": 2}, StarGAN(classifier_steps=20)),
     "progan": lambda: (models.ProGenerator(8, 1, 16, 4), models.ProDiscriminator(1, 16, 4), 8,
                        {"loss": "wgan", "gp_weight": 10.0}, ProGAN(1)),  # 3 steps: 4x4, fading 8x8, 8x8
+    # ADA: p moves at step 4 from the all-reduced signs of both processes' real logits
+    "ada": lambda: (models.DCGANGenerator(8, 1, 16, 4), models.DCGANDiscriminator(1, 16, 4), 8,
+                    {"augment": "ada", "ada_kimg": 0.001, "r1_gamma": 0.5}, None),
 }
 data = {"cyclegan": load_domains("digits:digits-m", 16), "stargan": load_domains("digits:digits-m:digits-inv", 16)}
 res = {}
@@ -358,17 +361,20 @@ for name, build in builds.items():
     torch.manual_seed(0)
     G, D, z, kw, obj = build()
     t = GANTrainer(G, D, z_dim=z, objective=obj, ema_decay=0.9, **kw)
-    t.fit(data.get(name, ds), 3, 8, out_dir=f"{out}/{name}", sample_every=3, checkpoint_every=3, log_every=1, progress=False)
+    t.fit(data.get(name, ds), 4 if name == "ada" else 3, 8, out_dir=f"{out}/{name}", sample_every=3,
+          checkpoint_every=3, log_every=1, progress=False)
     res[name] = {k: m.state_dict() for k, m in t.nets.items()}
     res[name + "/world"] = t.world
+    res[name + "/p"] = None if t.augment is None else (t.augment.p, t.augment.last_r)
 torch.save(res, f"{out}/variants{t.rank}.pt")
 '''
 
 
 def test_ddp_two_processes_every_objective(tmp_path):
     """cdcgan, InfoGAN, the AAE, the VAE, CycleGAN, StarGAN and ProGAN (whose levels not grown yet get zero
-    gradients, so DDP needs no unused-parameter search) under torchrun (2 gloo processes): every network the
-    objective adds is DDP-wrapped (identical weights on both ranks), rank 0 checkpoints the run."""
+    gradients, so DDP needs no unused-parameter search), and a DCGAN with ADA, under torchrun (2 gloo
+    processes): every network the objective adds is DDP-wrapped (identical weights on both ranks), ADA's p
+    is the same on both, rank 0 checkpoints the run."""
     script = tmp_path / "ddp_variants.py"
     script.write_text(VARIANTS_DDP_SCRIPT)
     port = str(29500 + random.Random(os.getpid() + 1).randrange(2000))
@@ -380,12 +386,13 @@ def test_ddp_two_processes_every_objective(tmp_path):
     nets = {"cdcgan": {"generator", "discriminator"}, "infogan": {"generator", "discriminator", "q"},
             "aae": {"generator", "discriminator", "encoder"}, "vae": {"generator", "encoder"},
             "cyclegan": {"generator", "discriminator", "g_ba", "d_a"}, "stargan": {"generator", "discriminator"},
-            "progan": {"generator", "discriminator"}}
+            "progan": {"generator", "discriminator"}, "ada": {"generator", "discriminator"}}
     for name, want in nets.items():
         assert r0[name + "/world"] == 2 and set(r0[name]) == want, name
         for net in want:
             for k, v in r0[name][net].items():
                 if "running_" not in k and "num_batches" not in k:
                     assert torch.equal(v, r1[name][net][k]), (name, net, k)
+        assert r0[name + "/p"] == r1[name + "/p"], name  # ADA: one p (and one statistic) on every process
         ck = ckpt.read(ckpt.path_for(str(tmp_path / name / "checkpoints"), 3))
         assert ck["world"] == 2 and set(ck["nets"]) == want - {"generator", "discriminator"}, name

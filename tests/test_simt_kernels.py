@@ -412,6 +412,56 @@ def test_grad_penalty_more_samples_than_grid_rows():
     torch.testing.assert_close(pen, gin.double().square().sum(1).mean().float())
 
 
+# ---- diff_augment -------------------------------------------------------------------------------------------
+AUG_SHAPES = {  # shape, channels_last, misaligned
+    "one pixel": ((1, 3, 1, 1), False, False),
+    "fewer pixels than threads": ((3, 3, 8, 8), False, False),
+    "more pixels than threads (17 x 19)": ((2, 3, 17, 19), False, False),
+    "channels_last, 4 channels": ((3, 4, 9, 7), True, False),
+    "misaligned, one channel": ((5, 1, 16, 16), False, True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", AUG_SHAPES)
+def test_diff_augment(case, dtype):
+    """Forward (with and without b) and backward: the reference's values and the same bits in every
+    thread order (the per-sample sum is the fixed-tree block reduction)."""
+    from fastgan.ops import diff_augment_params
+    shape, cl, mis = AUG_SHAPES[case]
+    x64 = torch.rand(shape, dtype=F64) * 2 - 1
+    g64 = torch.randn(shape, dtype=F64)
+    params, hw = diff_augment_params(x64, p=0.9, generator=torch.Generator().manual_seed(len(case)))
+    x, g = x64.to(dtype), g64.to(dtype)
+    if cl:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    if mis:
+        x, g = misaligned(x), misaligned(g)
+    outs = simt.schedules(lambda: (S.diff_augment(x, params, list(hw), True), S.diff_augment(x, params, list(hw), False),
+                                   S.diff_augment_backward(g, params, list(hw))))
+    same_bits(outs)
+    y, y0, gx = outs[0]
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    xr = x.double().requires_grad_(True)
+    want = R.diff_augment_apply(xr, params, hw)
+    (want_g,) = torch.autograd.grad(want, xr, g.double())
+    # without b: the linear part (the augmentation of x less that of zeros)
+    want0 = R.diff_augment_apply(xr.detach(), params, hw) - R.diff_augment_apply(torch.zeros_like(xr), params, hw)
+    torch.testing.assert_close(y.double(), want.detach(), **TOL[dtype])
+    torch.testing.assert_close(y0.double(), want0, **TOL[dtype])
+    torch.testing.assert_close(gx.double(), want_g, **TOL[dtype])
+
+
+@pytest.mark.slow  # 65535 blocks: seconds plain, many minutes under TSan
+def test_diff_augment_more_samples_than_blocks():
+    """N > 65535: the blocks loop over samples."""
+    from fastgan.ops import diff_augment_params
+    x = torch.rand(70_000, 3, 1, 2)
+    params, hw = diff_augment_params(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(S.diff_augment(x, params, list(hw), True).double(),
+                               R.diff_augment_apply(x.double(), params, hw), **TOL[torch.float32])
+
+
 # ---- conv_transpose2d_act: the tensor-core kernel ------------------------------------------------------------
 # The DCGAN layers take seconds each on the emulator (minutes under TSan): marked slow.
 CONV_CASES = {  # (n, cin, cout, h, w, k, s, p, op)

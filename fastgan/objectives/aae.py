@@ -81,6 +81,7 @@ class AAE(GAN):
 
     stats = GAN.stats + ("recon",)
     pack = False  # D judges codes one by one
+    augment = False  # (codes, not images)
 
     def __init__(self, encoder: nn.Module, prior: str = "gaussian"):
         if not isinstance(encoder, nn.Module):

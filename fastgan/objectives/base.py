@@ -14,6 +14,8 @@ scalars are logged. It reaches the trainer only through this small API:
                          parameters are frozen; under DDP: no all-reduce), as D in G's update
     t.update(player, loss)   zero_grad, backward (scaled under fp16), optimiser step of `player`
     t.scale_lr(player, f) that player's learning rate: f times its initial one
+    t.augmented(x)       x as D sees it (GANTrainer(augment=...): DiffAugment/ADA; else x itself)
+    t.observe_reals(l)   D's logits on the augmented reals, for ADA's tuning
     t.step, t.device, t.world and the game settings (t.loss, t.d_steps, t.r1_gamma, t.r1_every,
     t.r2_gamma, t.gp_weight, t.pack)
 """
@@ -37,6 +39,9 @@ class Objective:
     #: whether `step` packs samples for D (the trainer's pack, PacGAN); the trainer refuses pack > 1
     #: otherwise
     pack: bool = False
+    #: whether `step` passes D's image inputs through t.augmented (the trainer's augment); the
+    #: trainer refuses augment otherwise
+    augment: bool = False
 
     def networks(self) -> dict:
         """Networks besides the generator and the discriminator (e.g. InfoGAN's Q head), by name.

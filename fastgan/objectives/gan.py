@@ -5,6 +5,9 @@ batch and a fresh fake batch, then one generator update on the last fake batch w
                                      or  + WGAN-GP]
     G:  min  g_loss(D(G(z)))         (non-saturating -log D(G(z)) by default)
 
+With the trainer's augment, D sees T(x) and T(G(z)) (DiffAugment, a fresh draw each call) in both
+updates, and the penalties differentiate w.r.t. x and G(z) through T.
+
 The loss kind and the penalties are the trainer's settings (GANTrainer(loss=, d_steps=, r1_gamma=,
 r2_gamma=, r1_every= (both lazy penalties), gp_weight=)); every loss is fastgan's fused op (value
 and gradient in one pass). GAN(decay=(first, last)) decays both learning rates linearly to 0
@@ -26,6 +29,15 @@ def lazy_penalties(t):
     the lazy regularisation of StyleGAN2)."""
     due = t.step % t.r1_every == 0
     return t.r1_gamma > 0 and due, t.r2_gamma > 0 and due
+
+
+def zero_centred(side, logits, x, gamma, m, channels_last):
+    """R1 (side "real") or R2 ("fake"): gamma / 2 * mean over D's inputs of |d logits / d x|^2, with
+    x the samples before augmentation and packing (packs of m: one norm per pack, as D judged)."""
+    if m == 1:
+        return (ops.r1_penalty if side == "real" else ops.r2_penalty)(logits, x, gamma=gamma)
+    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return ops.grad_norm_penalty(pack_samples(g, m, channels_last), gamma / 2)
 
 
 def pack_samples(x, m: int, channels_last: bool = False):
@@ -50,6 +62,7 @@ class GAN(Objective):
     # r2_gamma / pack)
     r2 = True
     pack = True
+    augment = True
     #: (first, last) step of a linear decay of both rates to 0 (GAN(decay=...)); None: constant rates
     decay = None
 
@@ -116,26 +129,30 @@ class GAN(Objective):
                 else:
                     with torch.no_grad():
                         fake, fcond = self.fake(t, n, cond)
-                real = pack_samples(real, t.pack, t.channels_last)  # D judges packs of t.pack samples
+                # D judges packs of t.pack samples, augmented (t.augmented); penalties differentiate
+                # w.r.t. the samples themselves
                 if do_r1:
                     real = real.detach().requires_grad_(True)
-                fake_in = pack_samples(fake.detach(), t.pack, t.channels_last).requires_grad_(do_r2)
-                real_logits = self.discriminate(t, real, cond)
+                fake_x = fake.detach().requires_grad_(do_r2)
+                real_in = pack_samples(t.augmented(real), t.pack, t.channels_last)
+                fake_in = pack_samples(t.augmented(fake_x), t.pack, t.channels_last)
+                real_logits = self.discriminate(t, real_in, cond)
                 fake_logits = self.discriminate(t, fake_in, fcond)
+            t.observe_reals(real_logits)
             ld, st = ops.d_loss(acc(real_logits), acc(fake_logits), kind, return_stats=True)
             total = ld
             if do_r1:
-                r1 = ops.r1_penalty(acc(real_logits), real, gamma=t.r1_gamma)
+                r1 = zero_centred("real", acc(real_logits), real, t.r1_gamma, t.pack, t.channels_last)
                 total = total + r1 * t.r1_every
             if do_r2:
-                r2 = ops.r2_penalty(acc(fake_logits), fake_in, gamma=t.r2_gamma)
+                r2 = zero_centred("fake", acc(fake_logits), fake_x, t.r2_gamma, t.pack, t.channels_last)
                 total = total + r2 * t.r1_every
             extra = self.d_extra(t, acc(real_logits))
             if extra is not None:
                 total = total + extra
             if t.gp_weight > 0:
                 with t.autocast():
-                    gp = ops.gradient_penalty(self.critic(t, cond), real.detach(), fake_in.detach(),
+                    gp = ops.gradient_penalty(self.critic(t, cond), real_in.detach(), fake_in.detach(),
                                               weight=t.gp_weight)
                 gp = acc(gp)
                 total = total + gp
@@ -143,11 +160,11 @@ class GAN(Objective):
 
         with t.frozen("discriminator"):  # no weight gradients for D (under DDP: no all-reduce)
             with t.autocast():
-                fl = self.discriminate(t, pack_samples(fake, t.pack, t.channels_last), fcond)
+                fl = self.discriminate(t, pack_samples(t.augmented(fake), t.pack, t.channels_last), fcond)
                 rl = None
                 if kind in RELATIVISTIC:  # the real logits of the updated D too, like the fake ones
                     with torch.no_grad():
-                        rl = self.discriminate(t, real.detach(), cond)
+                        rl = self.discriminate(t, real_in.detach(), cond)
             lg = ops.g_loss(acc(fl), kind, real_logits=None if rl is None else acc(rl))
             t.update("g", lg)
         return {"d_loss": ld, "g_loss": lg, "d_real": st["d_real"], "d_fake": st["d_fake"], "r1": r1, "r2": r2,

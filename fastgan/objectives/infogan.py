@@ -71,6 +71,7 @@ class InfoGAN(GAN):
 
     stats = GAN.stats + ("info", "q_acc")
     pack = False  # Q reads D's features of each sample
+    augment = False  # its own step; Q would read augmented codes' images
 
     def __init__(self, q: QHead, lam: float = 1.0):
         if not isinstance(q, QHead):

@@ -180,3 +180,26 @@ def class_batch_norm_act(x, y, weight, bias, running_mean=None, running_var=None
     xhat = F.batch_norm(x, running_mean, running_var, None, None, training, momentum, eps)
     z = xhat * weight[y][:, :, None, None] + bias[y][:, :, None, None]
     return act_fn(act, z, alpha)
+
+
+def diff_augment_apply(x, params, cutout):
+    """Reference for fastgan.ops.diff_augment_apply: the five transforms one after another, as
+    written in fastgan/ops/diff_augment.py, from plain torch ops (float64 when x is)."""
+    p = params.to(x.dtype)
+    b, s, k = (p[:, i].view(-1, 1, 1, 1) for i in range(3))
+    u = x + b                                       # brightness
+    m = u.mean(1, keepdim=True)
+    v = (u - m) * s + m                             # saturation
+    mu = v.mean((1, 2, 3), keepdim=True)
+    w = (v - mu) * k + mu                           # contrast
+    n, _, h, wd = x.shape
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(wd, device=x.device)
+    out = []
+    for i in range(n):
+        ty, tx, top, left = (int(params[i, j]) for j in range(3, 7))
+        padded = F.pad(w[i], (wd, wd, h, h))        # zeros around: a shift reads them
+        shifted = padded[:, h - ty:2 * h - ty, wd - tx:2 * wd - tx]  # y[c, r, q] = w[c, r - ty, q - tx]
+        cut = ((rows >= top) & (rows < top + cutout[0]))[:, None] & ((cols >= left) & (cols < left + cutout[1]))
+        out.append(shifted * (~cut))
+    return torch.stack(out) if n else w

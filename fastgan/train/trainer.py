@@ -47,6 +47,11 @@ class GANTrainer:
     channels (images) or features (vectors), reals and fakes alike, so D takes m times the samples'
     channels; its logits, losses and penalties are per pack. Networks an objective adds (InfoGAN's Q
     head, an encoder) are placed, wrapped, optimised, saved and restored like G and D.
+    augment (images): "diffaug" (DiffAugment: each transform of `augment_policy` applied to every
+    sample D sees, reals and fakes alike, with probability `augment_p`) or "ada" (the same, with the
+    probability tuned from D's real logits toward `ada_target`, `ada_kimg` thousand images for a
+    change of 1; fastgan/train/augment.py). Penalties take the gradient w.r.t. the images before
+    augmentation.
 
     Optimisers: Adam(lr, betas) by default; `g_optimizer` / `d_optimizer` may be an optimizer over
     the model's parameters or a callable `params -> optimizer`.
@@ -63,7 +68,8 @@ class GANTrainer:
                  g_optimizer=None, d_optimizer=None, r1_gamma: float = 0.0, r1_every: int = 1,
                  r2_gamma: float = 0.0, gp_weight: float = 0.0, ema_decay=None, amp=None, device=None,
                  seed: int = 0, compile: bool = False, channels_last=None, keep_checkpoints: int = 3, objective=None,
-                 pack: int = 1):
+                 pack: int = 1, augment=None, augment_policy: str = "color,translation,cutout", augment_p: float = 1.0,
+                 ada_target: float = 0.6, ada_kimg: float = 100.0):
         from ..objectives import GAN, Objective
         if objective is None:
             objective = GAN()
@@ -99,6 +105,13 @@ class GANTrainer:
             raise ValueError(f"GANTrainer: argument 'ema_decay' must be in [0, 1) or None, got {ema_decay!r}")
         if amp not in (None, "bf16", "fp16"):
             raise ValueError(f"GANTrainer: argument 'amp' must be None, 'bf16' or 'fp16'; got {amp!r}")
+        self.augment = None
+        if augment is not None:
+            if not objective.augment:
+                raise ValueError(f"GANTrainer: the {type(objective).__name__} objective does not augment D's inputs; "
+                                 "drop 'augment'")
+            from .augment import Augment
+            self.augment = Augment(augment, policy=augment_policy, p=augment_p, target=ada_target, kimg=ada_kimg)
         self.z_dim, self.loss, self.d_steps = z_dim, loss, d_steps
         self.r1_gamma, self.r1_every, self.gp_weight = float(r1_gamma), r1_every, float(gp_weight)
         self.r2_gamma, self.pack = float(r2_gamma), pack
@@ -107,7 +120,7 @@ class GANTrainer:
                            r1_gamma=r1_gamma, r1_every=r1_every, r2_gamma=r2_gamma, gp_weight=gp_weight,
                            ema_decay=ema_decay,
                            amp=amp, seed=seed, compile=compile, pack=pack,
-                           **objective.config())
+                           **(self.augment.config() if self.augment else {}), **objective.config())
 
         # ---- processes and device
         self.world, self.rank, self.local_rank = 1, 0, 0
@@ -251,6 +264,15 @@ class GANTrainer:
                     for p, r in zip(params, was):
                         p.requires_grad_(r)
 
+    def augmented(self, x):
+        """x as D sees it: augmented (GANTrainer(augment=...): a fresh draw per call) or x itself."""
+        return x if self.augment is None else self.augment(x)
+
+    def observe_reals(self, real_logits):
+        """D's logits on the (augmented) real batch, for ADA's tuning of the probability."""
+        if self.augment is not None:
+            self.augment.observe(real_logits)
+
     def update(self, player: str, loss):
         """One optimiser step of `player` on `loss`: zero_grad, backward (scaled under fp16), step."""
         opt, scaler = self.optimizers[player], self.scalers.get(player)
@@ -275,6 +297,8 @@ class GANTrainer:
         if self.ema is not None:
             self._update_ema()
         self.step += 1
+        if self.augment is not None:
+            self.augment.adjust(self.step, self._reals_per_step, self.world)
         vals = torch.stack([out[k].detach().float() for k in self.objective.stats])
         self._sums += vals
         self._count += 1
@@ -344,6 +368,7 @@ class GANTrainer:
         _check_pos("steps", steps, allow_zero=True)
         _check_pos("batch_size", batch_size)
         self._check_packs(data, batch_size)
+        self._reals_per_step = batch_size * self.objective.reals_per_step(self)
         for name, v in (("log_every", log_every), ("sample_every", sample_every),
                         ("checkpoint_every", checkpoint_every)):
             _check_pos(name, v)
@@ -438,6 +463,8 @@ class GANTrainer:
                "s_per_step": dt / max(self.step - n0, 1)}
         for player, scaler in sorted(self.scalers.items()):
             rec[f"scale_{player}"] = scaler.get_scale()
+        if self.augment is not None:
+            rec["augment_p"] = self.augment.p
         self._sums.zero_()
         self._count = 0
         if self.is_main:
@@ -558,6 +585,7 @@ class GANTrainer:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items() if k not in ("g", "d")},
             "scalers": {k: s.state_dict() for k, s in self.scalers.items() if k not in ("g", "d")},
             "objective": self.objective.state_dict(),
+            "augment": None if self.augment is None else self.augment.state_dict(),
             "rng": rng, "data": self._batches.state_dict() if getattr(self, "_batches", None) else self._data_state,
             "history": self.history, "config": self.config, "world": self.world,
             "models": _models_meta(kind, self.generator, self.discriminator),
@@ -606,6 +634,8 @@ class GANTrainer:
                 if k not in ("g", "d"):
                     o.load_state_dict(ck["optimizers"][k])
             self.objective.load_state_dict(ck.get("objective") or {})
+            if self.augment is not None and ck.get("augment"):
+                self.augment.load_state_dict(ck["augment"], self.device)
             self.config.update(self.objective.config())  # what the objective restored (e.g. ProGAN's phase)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"{source}: does not fit this trainer's models/optimizers: "
